@@ -1,0 +1,135 @@
+//! Helpers shared by the tests of every crate: building ext filesystems with
+//! the real `mke2fs`, running the reference tools (`e2image`, `dumpe2fs`,
+//! `qemu-img`...) and locating the shared corpus of corrupted images.
+//!
+//! Helpers panic with the tool's stderr on failure: they are for tests only.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The workspace root (the folder holding the top `Cargo.toml`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("testkit lives one level below the workspace root")
+        .to_path_buf()
+}
+
+/// `../shared/corpus/e2fsprogs-tests` next to the project, if present.
+///
+/// Tests that need it print why they skip and return when it is absent.
+pub fn corpus_dir() -> Option<PathBuf> {
+    let dir = workspace_root().join("../shared/corpus/e2fsprogs-tests");
+    dir.is_dir().then_some(dir)
+}
+
+/// Every corpus image as `(name, compressed path)`, sorted by name; empty when
+/// the corpus is absent.
+pub fn corpus_images() -> Vec<(String, PathBuf)> {
+    let Some(dir) = corpus_dir() else {
+        eprintln!("skipping: ../shared/corpus is absent");
+        return Vec::new();
+    };
+    let mut out: Vec<(String, PathBuf)> = std::fs::read_dir(&dir)
+        .expect("read corpus dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("gz" | "bz2")))
+        .map(|p| {
+            let name = p.file_stem().unwrap().to_string_lossy().into_owned();
+            (name, p)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Decompresses a corpus image (`.gz` natively, `.bz2` through `bzip2 -dc`)
+/// into `dest`.
+pub fn decompress(src: &Path, dest: &Path) {
+    let bytes = if src.extension().and_then(|e| e.to_str()) == Some("bz2") {
+        run(Command::new("bzip2").arg("-dc").arg(src)).stdout
+    } else {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(std::fs::File::open(src).expect("open corpus image"))
+            .read_to_end(&mut out)
+            .expect("gunzip corpus image");
+        out
+    };
+    std::fs::write(dest, bytes).expect("write decompressed image");
+}
+
+/// Whether a command exists on `PATH` (or in `/sbin`, `/usr/sbin`).
+pub fn have_tool(name: &str) -> bool {
+    find_tool(name).is_some()
+}
+
+/// The full path of a tool, searching `PATH` and the sbin folders that a
+/// non-root `PATH` may lack (e2fsprogs installs there).
+pub fn find_tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(
+            ["/sbin", "/usr/sbin", "/usr/local/sbin"]
+                .iter()
+                .map(PathBuf::from),
+        )
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// A `Command` for a reference tool, found with [`find_tool`].
+pub fn tool(name: &str) -> Command {
+    let path = find_tool(name).unwrap_or_else(|| panic!("{name} is not installed"));
+    let mut cmd = Command::new(path);
+    // Stable, untranslated output from the reference tools.
+    cmd.env("LC_ALL", "C").env("TZ", "UTC");
+    cmd
+}
+
+/// Runs a command and returns its output; panics with its stderr if it fails.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{cmd:?} failed ({}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+/// Runs a command and returns its stdout as text; panics if it fails.
+pub fn run_text(cmd: &mut Command) -> String {
+    String::from_utf8_lossy(&run(cmd).stdout).into_owned()
+}
+
+/// Builds an ext filesystem image with the real `mke2fs` on a sparse file.
+///
+/// `size` is in mke2fs's notation (`"64M"`, `"3T"`); `args` go to mke2fs
+/// before the file name (e.g. `["-t", "ext4", "-O", "inline_data"]`);
+/// `populate` is copied in with `-d`. The creation time and UUID are left to
+/// mke2fs; pass `-U` and `E2FSPROGS_FAKE_TIME` yourself for fixed ones.
+pub fn mkfs(path: &Path, size: &str, args: &[&str], populate: Option<&Path>) {
+    let _ = std::fs::remove_file(path);
+    let mut cmd = tool("mke2fs");
+    cmd.arg("-q").arg("-F").args(args);
+    if let Some(dir) = populate {
+        cmd.arg("-d").arg(dir);
+    }
+    cmd.arg(path).arg(size);
+    run(&mut cmd);
+}
+
+/// A fresh temporary directory, removed when dropped.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("exttest-")
+        .tempdir()
+        .expect("create temp dir")
+}
