@@ -15,6 +15,8 @@ pub mod blockmap;
 pub mod checksum;
 /// Directory entries: linear blocks, htree (dx) nodes, inline directories.
 pub mod dir;
+/// Walking the metadata in disk order for an export, scrambled or not.
+pub mod export;
 /// Extent trees (headers, index and leaf entries, tails).
 pub mod extent;
 /// Findings: problems the analyses report, each with a stable code.
