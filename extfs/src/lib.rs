@@ -41,4 +41,5 @@ pub mod superblock;
 pub mod xattr;
 
 pub use finding::{Finding, Severity};
+pub use fs::{Error, Filesystem};
 pub use source::Source;
