@@ -47,7 +47,7 @@ export async function request(method, path, { body, query, headers = {}, raw = f
     try { data = JSON.parse(text); } catch { data = text; }
   }
   if (!res.ok) {
-    const msg = (data && typeof data === 'object' && (data.message || data.error)) || (typeof data === 'string' && data) || res.statusText;
+    const msg = (data && typeof data === 'object' && (data.error?.message || data.message || (typeof data.error === 'string' && data.error))) || (typeof data === 'string' && data) || res.statusText;
     if (res.status === 401 && !path.includes('session')) window.dispatchEvent(new CustomEvent('signedout'));
     throw new ApiError(res.status, String(msg), data);
   }
@@ -85,7 +85,7 @@ export async function groups(id, offset, limit, opts = {}) {
   const text = await res.text();
   let data = null;
   try { data = JSON.parse(text); } catch { data = text; }
-  if (!res.ok) throw new ApiError(res.status, (data && data.message) || res.statusText, data);
+  if (!res.ok) throw new ApiError(res.status, (data && (data.error?.message || data.message)) || res.statusText, data);
   const list = Array.isArray(data) ? data : (data && data.groups) || [];
   const h = res.headers.get('X-Total-Count');
   return { groups: list, total: h !== null ? Number(h) : (data && data.total) };

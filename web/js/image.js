@@ -318,7 +318,7 @@ export async function imagePage({ main, query }, id) {
   const dirBody = h('tbody');
   const inodeBox = h('div', { id: 'inode-view' }, h('p.muted', 'Select an entry to see its inode.'));
   let path = [{ name: '/', ino: 2 }];
-  mount(browseBox, h('h2', 'Directories and inodes'), h('p.muted', { style: { marginTop: 0, fontSize: '12.5px' } }, 'Names are scrambled by the agent; structure, inode numbers and types are real.'),
+  mount(browseBox, h('h2', 'Directories and inodes'), h('p.muted', { style: { marginTop: 0, fontSize: '12.5px' } }, 'Agent exports scramble names; inode numbers, types and structure are real.'),
     h('div.browse',
       h('div', crumbs, h('div.table-wrap', { style: { maxHeight: '460px', overflowY: 'auto' } }, h('table.dir-table', { id: 'dir-table' }, h('thead', h('tr', h('th', 'Name'), h('th.num', 'Inode'), h('th', 'Type'))), dirBody))),
       h('div', h('h3', 'Inode'), inodeBox)));
