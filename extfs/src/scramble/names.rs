@@ -1,0 +1,718 @@
+//! Choosing replacement names: private, consistent, unique, and placed so the
+//! directory index stays valid.
+//!
+//! * The **canonical** replacement of a name is a keyed PRF of the name alone,
+//!   rendered as lowercase letters and digits of the same length. It is what
+//!   every linear directory, every symlink component and every user xattr name
+//!   gets, so the same name maps to the same replacement across the image.
+//! * Lowercase ASCII is stable under casefolding (`utf8` NFD + casefold is the
+//!   identity on it), so the hash e2fsck computes for a casefolded directory
+//!   is the hash of the replacement itself; and ASCII hashes the same with
+//!   signed and unsigned chars.
+//! * In an htree leaf, the replacement's hash must keep the relation the
+//!   original had with the leaf's index range (see [`LeafRange::region`]).
+//!   The canonical name is tried first; otherwise a candidate is taken from a
+//!   shared pool of keyed names sorted by hash (names of 1-3 characters: the
+//!   whole space, enumerated once; longer: random keyed candidates, kept when
+//!   they miss so later leaves find them). A name keeps its original bytes
+//!   only when no candidate fits — in practice names of one or two bytes in
+//!   large htree directories, or a leaf whose range is a single hash value.
+//! * Names are unique within a directory: every name written (replaced or
+//!   kept) is recorded per directory, and a taken candidate is skipped. A
+//!   name seen twice in one directory (a corruption e2fsck reports) gets the
+//!   same replacement again, so the duplicate stays visible.
+
+use super::key::ScrambleKey;
+use crate::hash::{dirhash, HashVersion};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+/// Lowercase letters and digits: safe in every directory and casefold-stable.
+pub(crate) const BASE36: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+
+const DOMAIN_CANONICAL: u64 = 0x6e61_6d65_0000_0000;
+const DOMAIN_POOL: u64 = 0x706f_6f6c_0000_0000;
+const DOMAIN_FINGERPRINT: u64 = 0x6670_0000_0000_0000;
+const DOMAIN_START: u64 = 0x7374_6172_0000_0000;
+
+/// Candidates kept in the shared pools in total (bounds memory at ~20 MiB).
+const POOL_CAP: usize = 600_000;
+/// Hash evaluations spent on one name before it is kept as it is.
+const MAX_DRAWS: u64 = 1 << 21;
+
+/// The index range e2fsck assigns to an htree leaf block.
+///
+/// `lo` is the hash key of the index entry pointing at the leaf (0 for the
+/// first entry), `hi` the next entry's key with bit 0 cleared, or
+/// `0xfffffffe` for the last entry (e2fsck's `node_min_hash` /
+/// `node_max_hash`). e2fsck reports a leaf whose smallest name hash is below
+/// `lo` or whose largest is above `hi`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeafRange {
+    /// Smallest hash the leaf may hold (inclusive).
+    pub lo: u32,
+    /// Largest hash e2fsck accepts in the leaf (inclusive).
+    pub hi: u32,
+}
+
+impl LeafRange {
+    /// The hashes a replacement may have so that e2fsck's comparisons with
+    /// `lo` and `hi` come out as they did for the original (`orig`, `None`
+    /// when it cannot be computed and is assumed in range), as an inclusive
+    /// interval, or `None` when empty.
+    ///
+    /// For a name inside the range the upper end is made exclusive (the
+    /// kernel looks a hash equal to `hi` up in the next leaf) unless the leaf
+    /// holds a single hash value.
+    pub fn region(self, orig: Option<u32>) -> Option<(u32, u32)> {
+        let (lo, hi) = (self.lo, self.hi);
+        let h = orig.unwrap_or(lo);
+        let below = orig.is_some() && h < lo;
+        let above = orig.is_some() && h > hi;
+        let (a, b) = match (below, above) {
+            (false, false) => {
+                if lo > hi {
+                    // Only reachable when orig is None on a reversed range.
+                    return None;
+                }
+                (lo, if hi > lo { hi - 1 } else { hi })
+            }
+            (true, false) => (0, lo.checked_sub(1)?.min(hi)),
+            (false, true) => (lo.max(hi.checked_add(1)?), u32::MAX),
+            (true, true) => (hi.checked_add(1)?, lo.checked_sub(1)?),
+        };
+        (a <= b).then_some((a, b))
+    }
+}
+
+/// How a directory hashes its names, for placing replacements in htree
+/// leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashTarget {
+    /// The directory's effective hash version (root version + unsigned flag).
+    pub version: HashVersion,
+    /// The superblock's `s_hash_seed`.
+    pub seed: [u32; 4],
+    /// The leaf's index range.
+    pub range: LeafRange,
+}
+
+/// What constrains the replacement of one directory entry name.
+#[derive(Debug, Clone, Copy)]
+pub struct NameContext {
+    /// Directory inode the entry is in.
+    pub dir: u32,
+    /// Inode the entry points at (recorded in the map).
+    pub inode: u32,
+    /// The directory is casefolded (`EXT4_CASEFOLD_FL`).
+    pub casefold: bool,
+    /// Set for entries of htree leaves.
+    pub target: Option<HashTarget>,
+}
+
+/// Bytes in a form JSON can carry losslessly: text when UTF-8, hex otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Name {
+    /// The bytes as text (lossy when `hex` is present).
+    pub text: String,
+    /// The exact bytes in hex, only when they are not valid UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub hex: Option<String>,
+}
+
+impl Name {
+    /// Wraps raw bytes.
+    pub fn from_bytes(b: &[u8]) -> Name {
+        match std::str::from_utf8(b) {
+            Ok(s) => Name {
+                text: s.to_owned(),
+                hex: None,
+            },
+            Err(_) => Name {
+                text: String::from_utf8_lossy(b).into_owned(),
+                hex: Some(b.iter().map(|x| format!("{x:02x}")).collect()),
+            },
+        }
+    }
+}
+
+/// One replaced directory entry name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryMapping {
+    /// Inode number of the directory holding the entry.
+    pub dir: u32,
+    /// Inode number the entry points at (first one seen).
+    pub inode: u32,
+    /// The name as it appears in the exported image.
+    pub replacement: Name,
+    /// The customer's name.
+    pub original: Name,
+}
+
+/// One replaced symlink target or user xattr name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InodeMapping {
+    /// Inode number of the symlink / the inode or xattr block holding the
+    /// attribute (for xattr blocks: the block number).
+    pub owner: u64,
+    /// As it appears in the exported image.
+    pub replacement: Name,
+    /// The customer's bytes.
+    pub original: Name,
+}
+
+/// The table the customer keeps (`--map FILE`): replacement -> original.
+/// It is written locally by the CLI and never goes into the image.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameMap {
+    /// Directory entry names, in the order they were replaced.
+    pub entries: Vec<EntryMapping>,
+    /// Symlink targets (fast, slow and inline).
+    pub symlinks: Vec<InodeMapping>,
+    /// `user.*` attribute names (without the `user.` prefix).
+    pub xattr_names: Vec<InodeMapping>,
+}
+
+impl NameMap {
+    /// The original name of `replacement` in directory `dir`, if replaced.
+    pub fn original_of(&self, dir: u32, replacement: &[u8]) -> Option<&Name> {
+        let r = Name::from_bytes(replacement);
+        self.entries
+            .iter()
+            .find(|e| e.dir == dir && e.replacement == r)
+            .map(|e| &e.original)
+    }
+}
+
+/// Counts of what the namer did, for the export report.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameStats {
+    /// Entry names replaced by their canonical replacement.
+    pub canonical: u64,
+    /// Entry names replaced by another candidate (htree range or clash).
+    pub placed: u64,
+    /// Entry names left as they are because no candidate fitted; by length.
+    pub kept: u64,
+    /// Of `kept`, names of three or more bytes.
+    pub kept_long: u64,
+    /// Candidate hashes computed while placing names.
+    pub hashes: u64,
+}
+
+#[derive(Default)]
+struct Pool {
+    /// (hash, candidate number), sorted by hash.
+    set: BTreeSet<(u32, u64)>,
+    next: u64,
+}
+
+/// The replacement engine. One per export.
+pub struct Namer {
+    key: ScrambleKey,
+    /// (dir, fingerprint of a name present in the scrambled dir).
+    used: HashSet<(u32, u64)>,
+    /// (dir, fingerprint of an original) -> index into `map.entries`.
+    memo: HashMap<(u32, u64), usize>,
+    /// Pools by (hash version, length, wide charset).
+    pools: HashMap<(u8, usize, u8), Pool>,
+    pool_entries: usize,
+    pub(crate) map: NameMap,
+    pub(crate) stats: NameStats,
+}
+
+impl Namer {
+    /// A namer drawing every replacement from `key`.
+    pub fn new(key: ScrambleKey) -> Namer {
+        Namer {
+            key,
+            used: HashSet::new(),
+            memo: HashMap::new(),
+            pools: HashMap::new(),
+            pool_entries: 0,
+            map: NameMap::default(),
+            stats: NameStats::default(),
+        }
+    }
+
+    fn fingerprint(&self, name: &[u8]) -> u64 {
+        self.key.prf(DOMAIN_FINGERPRINT, name)
+    }
+
+    /// Fills `out` with keyed base-36 characters derived from `data`.
+    pub(crate) fn fill_base36(&self, domain: u64, data: &[u8], out: &mut [u8]) {
+        for (block, chunk) in out.chunks_mut(12).enumerate() {
+            let mut v = self.key.prf(domain.wrapping_add(block as u64), data);
+            for c in chunk {
+                *c = BASE36[(v % 36) as usize];
+                v /= 36;
+            }
+        }
+    }
+
+    /// The `k`-th keyed same-length replacement of `name` (k = 0 is the
+    /// canonical one), with `pinned` bytes copied from the original.
+    pub(crate) fn keyed(&self, name: &[u8], k: u64, pinned: &dyn Fn(u8) -> bool) -> Vec<u8> {
+        let mut out = vec![0u8; name.len()];
+        self.fill_base36(DOMAIN_CANONICAL ^ (k << 16), name, &mut out);
+        for (o, &b) in out.iter_mut().zip(name) {
+            if pinned(b) {
+                *o = b;
+            }
+        }
+        out
+    }
+
+    /// The canonical replacement of a path component or attribute name.
+    pub fn canonical(&self, name: &[u8]) -> Vec<u8> {
+        if is_kept_name(name) {
+            return name.to_vec();
+        }
+        self.keyed(name, 0, &|b| b == b'/' || b == 0)
+    }
+
+    /// Marks `name` as present in `dir` (names kept as they are).
+    fn mark_used(&mut self, dir: u32, name: &[u8]) {
+        let fp = self.fingerprint(name);
+        self.used.insert((dir, fp));
+    }
+
+    fn is_used(&self, dir: u32, name: &[u8]) -> bool {
+        self.used.contains(&(dir, self.fingerprint(name)))
+    }
+
+    fn fits(&mut self, t: &Option<HashTarget>, region: Option<(u32, u32)>, name: &[u8]) -> bool {
+        match (t, region) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(t), Some((a, b))) => {
+                self.stats.hashes += 1;
+                let h = dirhash(t.version, name, &t.seed).0;
+                a <= h && h <= b
+            }
+        }
+    }
+
+    /// The replacement for directory entry `name` (same length), or `None`
+    /// to keep it as it is.
+    pub fn entry_name(&mut self, ctx: &NameContext, name: &[u8]) -> Option<Vec<u8>> {
+        if name.is_empty() || is_kept_name(name) {
+            self.mark_used(ctx.dir, name);
+            return None;
+        }
+        let region = ctx.target.map(|t| {
+            let orig = original_hash(t.version, &t.seed, name, ctx.casefold);
+            t.range.region(orig)
+        });
+        let region = region.flatten();
+        let fp = self.fingerprint(name);
+        if let Some(&i) = self.memo.get(&(ctx.dir, fp)) {
+            if let Some(e) = self.map.entries.get(i) {
+                let prev = name_bytes(&e.replacement);
+                if self.fits(&ctx.target, region, &prev) {
+                    return Some(prev);
+                }
+            }
+        }
+        // Bytes e2fsck judges a name by stay where they are: '/' and NUL
+        // (illegal characters) and, in casefolded directories, the non-ASCII
+        // bytes of a name that is not valid UTF-8 (replacing only ASCII bytes
+        // by ASCII bytes keeps a byte string's UTF-8 validity as it was).
+        let keep_high = ctx.casefold && std::str::from_utf8(name).is_err();
+        let pinned = move |b: u8| b == b'/' || b == 0 || (keep_high && b >= 0x80);
+        let has_pinned = name.iter().any(|&b| pinned(b));
+
+        let chosen = if has_pinned {
+            let mut found = None;
+            for k in 0..MAX_DRAWS.min(1 << 16) {
+                let c = self.keyed(name, k, &pinned);
+                if !is_kept_name(&c)
+                    && !self.is_used(ctx.dir, &c)
+                    && self.fits(&ctx.target, region, &c)
+                {
+                    found = Some(c);
+                    break;
+                }
+            }
+            found
+        } else {
+            let c0 = self.keyed(name, 0, &pinned);
+            if !self.is_used(ctx.dir, &c0) && self.fits(&ctx.target, region, &c0) {
+                self.stats.canonical += 1;
+                Some(c0)
+            } else {
+                let found = self.search(ctx, name, region);
+                if found.is_some() {
+                    self.stats.placed += 1;
+                }
+                found
+            }
+        };
+        match chosen {
+            Some(c) => {
+                self.mark_used(ctx.dir, &c);
+                self.memo.insert((ctx.dir, fp), self.map.entries.len());
+                self.map.entries.push(EntryMapping {
+                    dir: ctx.dir,
+                    inode: ctx.inode,
+                    replacement: Name::from_bytes(&c),
+                    original: Name::from_bytes(name),
+                });
+                Some(c)
+            }
+            None => {
+                self.stats.kept += 1;
+                if name.len() >= 3 {
+                    self.stats.kept_long += 1;
+                }
+                self.mark_used(ctx.dir, name);
+                None
+            }
+        }
+    }
+
+    /// Finds an unused candidate of `name`'s length in `region` (or anywhere
+    /// without a target).
+    fn search(
+        &mut self,
+        ctx: &NameContext,
+        name: &[u8],
+        region: Option<(u32, u32)>,
+    ) -> Option<Vec<u8>> {
+        let len = name.len();
+        let Some(t) = ctx.target else {
+            // Linear directory: only a clash. Short names probe their whole
+            // (small) space from a keyed start; long ones draw keyed
+            // candidates.
+            if len <= 3 {
+                for wide in [false, true] {
+                    if wide && len > 2 {
+                        break;
+                    }
+                    let space = small_space(len, wide, ctx.casefold);
+                    let n = space.len() as u64;
+                    let start = self.key.prf(DOMAIN_START, name) % n.max(1);
+                    for i in 0..n {
+                        let c = space.name((start + i) % n);
+                        if !is_kept_name(&c) && !self.is_used(ctx.dir, &c) {
+                            return Some(c);
+                        }
+                    }
+                }
+                return None;
+            }
+            for k in 1..MAX_DRAWS {
+                let c = self.keyed(name, k, &|_| false);
+                if !self.is_used(ctx.dir, &c) {
+                    return Some(c);
+                }
+            }
+            return None;
+        };
+        let (a, b) = region?;
+        let v = t.version.number();
+        // Short names: the whole space sorted by hash, then a wider charset.
+        if len <= 3 {
+            for wide in [false, true] {
+                if wide && len > 2 {
+                    break;
+                }
+                let key = (v, len, u8::from(wide) + 2 * u8::from(ctx.casefold && wide));
+                if !self.pools.contains_key(&key) {
+                    let space = small_space(len, wide, ctx.casefold);
+                    let mut pool = Pool::default();
+                    for i in 0..space.len() as u64 {
+                        let c = space.name(i);
+                        let h = dirhash(t.version, &c, &t.seed).0;
+                        pool.set.insert((h, i));
+                    }
+                    self.stats.hashes += space.len() as u64;
+                    self.pools.insert(key, pool);
+                }
+                let space = small_space(len, wide, ctx.casefold);
+                let hits: Vec<u64> = self
+                    .pools
+                    .get(&key)
+                    .map(|p| {
+                        p.set
+                            .range((a, 0)..=(b, u64::MAX))
+                            .map(|&(_, i)| i)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for i in hits {
+                    let c = space.name(i);
+                    if !is_kept_name(&c) && !self.is_used(ctx.dir, &c) {
+                        return Some(c);
+                    }
+                }
+            }
+            return None;
+        }
+        // Longer names: the pool of keyed candidates of this length.
+        let key = (v, len, 0);
+        let hits: Vec<u64> = self
+            .pools
+            .get(&key)
+            .map(|p| {
+                p.set
+                    .range((a, 0)..=(b, u64::MAX))
+                    .map(|&(_, i)| i)
+                    .take(4096)
+                    .collect()
+            })
+            .unwrap_or_default();
+        for i in hits {
+            let c = self.pool_name(v, len, i);
+            if !self.is_used(ctx.dir, &c) {
+                return Some(c);
+            }
+        }
+        let mut next = self.pools.get(&key).map_or(0, |p| p.next);
+        let mut found = None;
+        let mut fresh = Vec::new();
+        for _ in 0..MAX_DRAWS {
+            let i = next;
+            next += 1;
+            let c = self.pool_name(v, len, i);
+            let h = dirhash(t.version, &c, &t.seed).0;
+            self.stats.hashes += 1;
+            if a <= h && h <= b && !self.is_used(ctx.dir, &c) {
+                found = Some(c);
+                fresh.push((h, i));
+                break;
+            }
+            if self.pool_entries + fresh.len() < POOL_CAP {
+                fresh.push((h, i));
+            }
+        }
+        let pool = self.pools.entry(key).or_default();
+        pool.next = next;
+        self.pool_entries += fresh.len();
+        pool.set.extend(fresh);
+        found
+    }
+
+    fn pool_name(&self, version: u8, len: usize, i: u64) -> Vec<u8> {
+        let mut data = [0u8; 16];
+        data[0] = version;
+        data[1..3].copy_from_slice(&(len as u16).to_le_bytes());
+        data[8..].copy_from_slice(&i.to_le_bytes());
+        let mut out = vec![0u8; len];
+        self.fill_base36(DOMAIN_POOL, &data, &mut out);
+        out
+    }
+
+    /// Records a replaced symlink target.
+    pub(crate) fn record_symlink(&mut self, ino: u32, replacement: &[u8], original: &[u8]) {
+        self.map.symlinks.push(InodeMapping {
+            owner: u64::from(ino),
+            replacement: Name::from_bytes(replacement),
+            original: Name::from_bytes(original),
+        });
+    }
+
+    /// Records a replaced user xattr name.
+    pub(crate) fn record_xattr_name(&mut self, owner: u64, replacement: &[u8], original: &[u8]) {
+        self.map.xattr_names.push(InodeMapping {
+            owner,
+            replacement: Name::from_bytes(replacement),
+            original: Name::from_bytes(original),
+        });
+    }
+}
+
+/// `.`, `..` and `lost+found` are structure, not private, and stay.
+pub fn is_kept_name(name: &[u8]) -> bool {
+    matches!(name, b"." | b".." | b"lost+found")
+}
+
+fn name_bytes(n: &Name) -> Vec<u8> {
+    match &n.hex {
+        None => n.text.as_bytes().to_vec(),
+        Some(h) => (0..h.len() / 2)
+            .filter_map(|i| u8::from_str_radix(h.get(2 * i..2 * i + 2)?, 16).ok())
+            .collect(),
+    }
+}
+
+/// The hash e2fsck computes for an original name, `None` when it depends on
+/// Unicode casefolding this crate does not implement (non-ASCII valid UTF-8
+/// in a casefolded directory).
+fn original_hash(
+    version: HashVersion,
+    seed: &[u32; 4],
+    name: &[u8],
+    casefold: bool,
+) -> Option<u32> {
+    if casefold {
+        if name.is_ascii() {
+            let lower = name.to_ascii_lowercase();
+            return Some(dirhash(version, &lower, seed).0);
+        }
+        if std::str::from_utf8(name).is_ok() {
+            return None;
+        }
+        // Invalid UTF-8: e2fsprogs hashes the raw bytes.
+    }
+    Some(dirhash(version, name, seed).0)
+}
+
+/// All names of a short length over a charset, addressable by index.
+struct SmallSpace {
+    chars: Vec<u8>,
+    len: usize,
+}
+
+impl SmallSpace {
+    fn len(&self) -> usize {
+        self.chars.len().pow(self.len as u32)
+    }
+    fn name(&self, mut i: u64) -> Vec<u8> {
+        let n = self.chars.len() as u64;
+        (0..self.len)
+            .map(|_| {
+                let c = self.chars[(i % n) as usize];
+                i /= n;
+                c
+            })
+            .collect()
+    }
+}
+
+/// Base-36, or for `wide` every printable ASCII byte but `/` (and, in a
+/// casefolded directory, but the upper-case letters).
+fn small_space(len: usize, wide: bool, casefold: bool) -> SmallSpace {
+    let chars = if wide {
+        (0x21u8..0x7f)
+            .filter(|&c| c != b'/' && !(casefold && c.is_ascii_uppercase()))
+            .collect()
+    } else {
+        BASE36.to_vec()
+    };
+    SmallSpace { chars, len }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn namer() -> Namer {
+        Namer::new(ScrambleKey::from_bytes([7; 16]))
+    }
+
+    fn ctx(dir: u32, target: Option<HashTarget>) -> NameContext {
+        NameContext {
+            dir,
+            inode: 12,
+            casefold: false,
+            target,
+        }
+    }
+
+    #[test]
+    fn canonical_is_consistent_private_and_same_length() {
+        let mut n = namer();
+        let a = n.entry_name(&ctx(2, None), b"MKRsecretname").unwrap();
+        let b = n.entry_name(&ctx(11, None), b"MKRsecretname").unwrap();
+        assert_eq!(a, b, "same name, same replacement across linear dirs");
+        assert_eq!(a.len(), 13);
+        assert!(a.iter().all(|c| BASE36.contains(c)));
+        assert_ne!(a, b"MKRsecretname");
+        assert_eq!(
+            n.map.original_of(2, &a).map(|o| o.text.as_str()),
+            Some("MKRsecretname")
+        );
+    }
+
+    #[test]
+    fn kept_names_and_pinned_bytes() {
+        let mut n = namer();
+        for k in [&b"."[..], b"..", b"lost+found"] {
+            assert_eq!(n.entry_name(&ctx(2, None), k), None);
+        }
+        let r = n.entry_name(&ctx(2, None), b"ab/cd").unwrap();
+        assert_eq!(r[2], b'/');
+    }
+
+    #[test]
+    fn unique_within_a_directory_even_for_one_byte_names() {
+        let mut n = namer();
+        let mut seen = HashSet::new();
+        for c in 0x21u8..0x7f {
+            if c == b'/' || c == b'.' {
+                continue;
+            }
+            let r = n.entry_name(&ctx(5, None), &[c]).unwrap_or(vec![c]);
+            assert!(seen.insert(r), "replacement of {:?} clashes", c as char);
+        }
+    }
+
+    #[test]
+    fn duplicates_stay_duplicates() {
+        let mut n = namer();
+        let a = n.entry_name(&ctx(5, None), b"twice").unwrap();
+        let b = n.entry_name(&ctx(5, None), b"twice").unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn htree_replacements_land_in_the_leaf_range() {
+        let mut n = namer();
+        let seed = [0x1111, 0x2222, 0x3333, 0x4444];
+        for version in [
+            HashVersion::HalfMd4,
+            HashVersion::Tea,
+            HashVersion::LegacyUnsigned,
+        ] {
+            // 64 leaves; names of many lengths, each placed in its original's
+            // leaf.
+            let keys: Vec<u32> = (0..64u32).map(|i| (i << 26) & !1).collect();
+            for i in 0..3000u32 {
+                let name = format!("MKR{i:x}-{}", "x".repeat((i % 40) as usize));
+                let h = dirhash(version, name.as_bytes(), &seed).0;
+                let leaf = keys.iter().rposition(|&k| k <= h).unwrap();
+                let range = LeafRange {
+                    lo: keys[leaf],
+                    hi: keys.get(leaf + 1).copied().unwrap_or(0xffff_fffe),
+                };
+                let t = HashTarget {
+                    version,
+                    seed,
+                    range,
+                };
+                let r = n
+                    .entry_name(
+                        &ctx(100 + u32::from(version.number()), Some(t)),
+                        name.as_bytes(),
+                    )
+                    .unwrap();
+                let hr = dirhash(version, &r, &seed).0;
+                assert!(range.lo <= hr && hr < range.hi, "{version:?} {name}");
+                assert_eq!(r.len(), name.len());
+            }
+        }
+        assert_eq!(n.stats.kept, 0);
+    }
+
+    #[test]
+    fn region_keeps_e2fsck_comparisons() {
+        let r = LeafRange { lo: 100, hi: 200 };
+        assert_eq!(r.region(Some(150)), Some((100, 199)));
+        assert_eq!(r.region(Some(200)), Some((100, 199)));
+        assert_eq!(r.region(Some(50)), Some((0, 99)));
+        assert_eq!(r.region(Some(250)), Some((201, u32::MAX)));
+        assert_eq!(r.region(None), Some((100, 199)));
+        assert_eq!(
+            LeafRange { lo: 100, hi: 100 }.region(Some(100)),
+            Some((100, 100))
+        );
+        assert_eq!(
+            LeafRange {
+                lo: 0,
+                hi: 0xffff_fffe
+            }
+            .region(Some(0)),
+            Some((0, 0xffff_fffd))
+        );
+    }
+}
