@@ -8,8 +8,8 @@
 //! | --- | --- |
 //! | directory leaf ([`Scrambler::dir_leaf`]) | entry names (kept: `.`, `..`, `lost+found`), slack after names and deleted entries zeroed, leaf checksum moved along |
 //! | htree root / node ([`Scrambler::dx_node`]) | unused index slots zeroed |
-//! | inode table ([`Scrambler::inode_table`]) | unused inodes zeroed; fast symlink targets, inline data (files, dirs, symlinks), in-inode xattr values and `user.*` names; inode checksum moved along |
-//! | xattr block ([`Scrambler::xattr_block`]) | values, `user.*` names, free space; entry hashes, block hash and checksum |
+//! | inode table ([`Scrambler::inode_table`]) | unused inodes zeroed; fast symlink targets, inline data (files, dirs, symlinks), in-inode xattr values and `user.*`/`trusted.*` names; inode checksum moved along |
+//! | xattr block ([`Scrambler::xattr_block`]) | values, `user.*`/`trusted.*` names, free space; entry hashes, block hash and checksum |
 //! | slow symlink ([`Scrambler::symlink_block`]) | the target, component by component |
 //! | journal ([`Scrambler::journal_block`]) | everything but the journal superblock blanked |
 //! | EA inode data ([`Scrambler::ea_value_block`]) | blanked |
@@ -150,7 +150,7 @@ pub struct Stats {
     pub encrypted_skipped: u64,
     /// xattr values blanked.
     pub xattr_values: u64,
-    /// `user.*` xattr names replaced.
+    /// `user.*` and `trusted.*` xattr names replaced.
     pub xattr_names: u64,
     /// xattr blocks processed.
     pub xattr_blocks: u64,

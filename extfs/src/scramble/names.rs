@@ -169,7 +169,7 @@ pub struct NameMap {
     pub entries: Vec<EntryMapping>,
     /// Symlink targets (fast, slow and inline).
     pub symlinks: Vec<InodeMapping>,
-    /// `user.*` attribute names (without the `user.` prefix).
+    /// `user.*` and `trusted.*` attribute names (without the prefix).
     pub xattr_names: Vec<InodeMapping>,
 }
 

@@ -8,7 +8,8 @@
 //! In-inode: magic at `128 + i_extra_isize`, entries after it, value offsets
 //! from the first entry.
 //!
-//! What changes: `user.*` names (to keyed lowercase names, unique per owner)
+//! What changes: `user.*` and `trusted.*` names (free-form, chosen by
+//! people and programs: keyed lowercase names, unique per owner)
 //! and values, except POSIX ACLs (structure e2fsprogs parses, ids not names)
 //! and `system.data` (inline file content, handed to the caller). Bytes that
 //! belong to no entry and no value are zeroed. Entry hashes and the block
@@ -21,6 +22,7 @@ use std::collections::HashSet;
 
 /// `e_name_index` values.
 const INDEX_USER: u8 = 1;
+const INDEX_TRUSTED: u8 = 4;
 const INDEX_POSIX_ACL_ACCESS: u8 = 2;
 const INDEX_POSIX_ACL_DEFAULT: u8 = 3;
 const INDEX_SYSTEM: u8 = 7;
@@ -169,7 +171,7 @@ pub(crate) fn scramble_area(
         );
 
         // The name.
-        if e.index == INDEX_USER && e.name_len > 0 {
+        if (e.index == INDEX_USER || e.index == INDEX_TRUSTED) && e.name_len > 0 {
             let mut k = 0u64;
             let new_name = loop {
                 let c = namer.keyed(&old_name, k, &|_| false);
