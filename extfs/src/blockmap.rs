@@ -277,6 +277,19 @@ pub fn build(fs: &Filesystem) -> BlockMap {
         ..
     } = b;
     let conflicts = normalize(&mut ranges);
+    // e2image marks a cluster bitmap under bigalloc: a marked block brings
+    // its whole cluster along.
+    let ratio = fs.cluster_ratio();
+    if ratio > 1 {
+        let total = fs.blocks_count();
+        for r in &mut ranges {
+            let s = r.start - r.start % ratio;
+            let e = r.end().div_ceil(ratio).saturating_mul(ratio).min(total);
+            r.start = s;
+            r.len = e - s;
+        }
+        normalize(&mut ranges);
+    }
     if conflicts > 0 {
         findings.push(Finding {
             severity: Severity::Warning,
@@ -579,7 +592,21 @@ fn normalize(ranges: &mut Vec<Range>) -> u64 {
         if let Some(last) = out.last() {
             if r.start < last.end() {
                 let covered = (last.end() - r.start).min(r.len);
-                conflicts += covered;
+                // The resize inode's indirect blocks are the reserved GDT:
+                // one structure seen twice, not a conflict.
+                let resize_gdt = matches!(
+                    (&last.kind, &r.kind),
+                    (
+                        BlockKind::ReservedGdt { .. },
+                        BlockKind::IndirectBlock { ino: 7 }
+                    ) | (
+                        BlockKind::IndirectBlock { ino: 7 },
+                        BlockKind::ReservedGdt { .. }
+                    )
+                );
+                if !resize_gdt {
+                    conflicts += covered;
+                }
                 r.start += covered;
                 r.len -= covered;
                 if r.len == 0 {
