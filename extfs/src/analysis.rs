@@ -62,9 +62,8 @@ fn collect(fs: &Filesystem, group_findings: Vec<Finding>) -> Vec<Finding> {
     journal_findings(fs, &mut out);
     mmp_findings(fs, &mut out);
     out.extend(group_findings);
-    // INODE-LEVEL FINDINGS: inode, extent, directory and xattr checksums come
-    // from the inode-level module once it provides them:
-    // out.extend(crate::inode::findings(fs));
+    // Inode, extent, directory and xattr checks (the inode-level module).
+    out.extend(crate::inode::findings(fs));
     sort_and_limit(out)
 }
 

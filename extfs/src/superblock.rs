@@ -805,6 +805,11 @@ impl Superblock {
         if u64::from(self.blocks_per_group) != u64::from(self.clusters_per_group) << ratio_bits {
             return Some("blocks per group disagree with clusters per group".into());
         }
+        if self.has_incompat(incompat::JOURNAL_DEV) {
+            // An external journal has no groups or inodes (ext2fs_open2 stops
+            // here too).
+            return None;
+        }
         if self.inodes_per_group == 0 {
             return Some("zero inodes per group".into());
         }
