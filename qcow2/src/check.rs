@@ -198,6 +198,7 @@ impl<R: ReadAt + ?Sized> Walk<'_, R> {
     /// Walks one L1 table (referenced `times` times), recording the L2
     /// tables it points to. Each distinct table is read once, whatever the
     /// number of references, so hostile sharing cannot multiply the work.
+    #[allow(clippy::too_many_arguments)]
     fn walk_l1(
         &mut self,
         l1_offset: u64,

@@ -137,9 +137,11 @@ impl Compressor {
         match self {
             Compressor::Zlib(c) => {
                 c.reset();
-                out.resize(limit, 0);
+                // Room for deflate's worst case: a too-small output buffer
+                // trips an assertion in zlib-rs.
+                out.resize(input.len() + input.len() / 8 + 1024, 0);
                 match c.compress(input, out, FlushCompress::Finish) {
-                    Ok(Status::StreamEnd) => {
+                    Ok(Status::StreamEnd) if (c.total_out() as usize) <= limit => {
                         out.truncate(c.total_out() as usize);
                         true
                     }

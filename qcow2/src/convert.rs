@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Mutex;
 
@@ -258,27 +259,52 @@ pub fn to_raw<R: ReadAt>(image: &Image<R>, out: &File) -> Result<ConvertStats> {
     let n = threads();
     let (tx, rx) = mpsc::sync_channel::<Job>(n * 2);
     let rx = Mutex::new(rx);
+    let failed = AtomicBool::new(false);
     let (written, stored) = std::thread::scope(|s| -> Result<(u64, u64)> {
         let workers: Vec<_> = (0..n)
             .map(|_| {
                 let rx = &rx;
+                let failed = &failed;
                 s.spawn(move || -> Result<u64> {
                     let mut buf = Vec::new();
                     let mut scratch = Vec::new();
                     let mut written = 0;
+                    let mut error = None;
                     loop {
                         let job = match rx.lock() {
                             Ok(r) => r.recv(),
-                            Err(_) => return Ok(written),
+                            Err(_) => break,
                         };
-                        let Ok(job) = job else { return Ok(written) };
-                        load_job(image, &job, &mut buf, &mut scratch)?;
-                        written += write_sparse(out, job.offset, &buf)?;
+                        let Ok(job) = job else { break };
+                        // After an error keep draining, so the producer
+                        // never blocks on a full queue.
+                        if error.is_some() || failed.load(Ordering::Relaxed) {
+                            continue;
+                        }
+                        let r = load_job(image, &job, &mut buf, &mut scratch)
+                            .and_then(|_| write_sparse(out, job.offset, &buf));
+                        match r {
+                            Ok(n) => written += n,
+                            Err(e) => {
+                                failed.store(true, Ordering::Relaxed);
+                                error = Some(e);
+                            }
+                        }
+                    }
+                    match error {
+                        Some(e) => Err(e),
+                        None => Ok(written),
                     }
                 })
             })
             .collect();
         let produced = produce_jobs(image, |j| {
+            if failed.load(Ordering::Relaxed) {
+                return Err(Error::io(
+                    "converting",
+                    std::io::Error::other("a worker failed"),
+                ));
+            }
             tx.send(j)
                 .map_err(|_| Error::io("converting", std::io::Error::other("a worker stopped")))
         });

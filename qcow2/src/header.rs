@@ -268,9 +268,11 @@ impl Header {
                 hdr.compression_type = match ct[0] {
                     0 => CompressionType::Zlib,
                     1 => CompressionType::Zstd,
-                    other => return Err(Error::Unsupported(format!(
+                    other => {
+                        return Err(Error::Unsupported(format!(
                         "compression_type {other} at offset 104 (only 0 = zlib and 1 = zstd exist)"
-                    ))),
+                    )))
+                    }
                 };
             }
             let has_bit = hdr.incompatible_features & INCOMPAT_COMPRESSION != 0;

@@ -164,9 +164,10 @@ impl<R: ReadAt> Image<R> {
         })
     }
 
-    /// Virtual disk size in bytes.
+    /// Virtual disk size in bytes: the header's size rounded down to a
+    /// multiple of 512, as qemu sees it (a partial last sector is ignored).
     pub fn virtual_size(&self) -> u64 {
-        self.header.size
+        self.header.size & !511
     }
 
     /// Cluster size in bytes.
@@ -390,11 +391,11 @@ impl<R: ReadAt> Image<R> {
 
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {
         match offset.checked_add(len) {
-            Some(e) if e <= self.header.size => Ok(()),
+            Some(e) if e <= self.virtual_size() => Ok(()),
             _ => Err(Error::OutOfRange {
                 offset,
                 len,
-                virtual_size: self.header.size,
+                virtual_size: self.virtual_size(),
             }),
         }
     }

@@ -142,9 +142,13 @@ pub struct Writer<W: WriteAt> {
 }
 
 impl<W: WriteAt> Writer<W> {
-    /// Starts an image of `virtual_size` bytes. Nothing is written until
+    /// Starts an image of `virtual_size` bytes, rounded up to a multiple of
+    /// 512 (qemu ignores a partial last sector). Nothing is written until
     /// the first cluster completes.
     pub fn new(sink: W, virtual_size: u64, opts: WriterOptions) -> Result<Self> {
+        let virtual_size = virtual_size.checked_next_multiple_of(512).ok_or_else(|| {
+            Error::InvalidArgument(format!("virtual size {virtual_size} is too large"))
+        })?;
         let cs = opts.cluster_size;
         if !cs.is_power_of_two() || !(512..=(2 << 20)).contains(&cs) {
             return Err(Error::InvalidArgument(format!(
@@ -446,13 +450,15 @@ impl<W: WriteAt> Writer<W> {
         let cs = self.cs();
         let cb = self.cluster_bits;
 
-        // L1 table.
-        let l1_offset = self.next;
+        // L1 table (none at all for an empty disk, as qemu expects).
         let l1_bytes: Vec<u8> = self.l1.iter().flat_map(|e| e.to_be_bytes()).collect();
-        let l1_clusters = (l1_bytes.len() as u64).div_ceil(cs).max(1);
+        let l1_clusters = (l1_bytes.len() as u64).div_ceil(cs);
+        let l1_offset = if l1_clusters == 0 { 0 } else { self.next };
         let mut padded = l1_bytes;
         padded.resize((l1_clusters * cs) as usize, 0);
-        self.write(&padded, l1_offset)?;
+        if l1_clusters > 0 {
+            self.write(&padded, l1_offset)?;
+        }
         for k in 0..l1_clusters {
             self.add_ref((l1_offset >> cb) + k)?;
         }
