@@ -530,3 +530,35 @@ fn corpus_images_that_e2fsck_opens_are_exported() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(exported > 100, "only {exported} exports");
 }
+
+/// With the primary superblock wiped, the export falls back to a backup
+/// (as e2fsck does), says so, and e2fsck judges the image like the original.
+#[test]
+fn falls_back_to_a_backup_superblock() {
+    if !have_tools() {
+        return;
+    }
+    let dir = testkit::tempdir();
+    let tree = dir.path().join("tree");
+    populate(&tree, 100);
+    let img = dir.path().join("nosb.img");
+    mkfs(&img, "32M", &["-t", "ext4", "-b", "1024"], Some(&tree));
+    let f = fs::OpenOptions::new().write(true).open(&img).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0u8; 1024], 1024).unwrap();
+    drop(f);
+    let qcow = dir.path().join("nosb.qcow2");
+    let out = export(&img, &qcow, &["--compress", "none"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("using the backup in group 1"), "{err}");
+    let raw = dir.path().join("nosb.raw");
+    to_raw(&qcow, &raw);
+    let (rc_a, a) = fsck(&img);
+    let (rc_b, b) = fsck(&raw);
+    assert_eq!(a, b);
+    assert_eq!(rc_a, rc_b);
+}
