@@ -1,0 +1,354 @@
+//! Configuration: command-line flags, each also an environment variable, over
+//! an optional TOML file, over built-in defaults (in that order of priority).
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// `support-server`: stores, checks, converts and analyses uploaded ext
+/// filesystem metadata images behind a REST API and a web dashboard.
+#[derive(Debug, Parser)]
+#[command(name = "support-server", version, about, long_about = None)]
+pub struct Cli {
+    /// Where state lives (shared by every subcommand).
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every subcommand understands.
+#[derive(Debug, Clone, Default, Args)]
+pub struct CommonArgs {
+    /// TOML file with any of the `serve` options (snake_case keys, e.g.
+    /// `listen = "0.0.0.0:8080"`); flags and environment override it.
+    #[arg(long, env = "SUPPORT_CONFIG", global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory for the SQLite database and stored images; created if
+    /// missing. [default: ./data]
+    #[arg(long, env = "SUPPORT_DATA_DIR", global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// `postgres://user:pass@host/db` to keep state in PostgreSQL instead of
+    /// the SQLite file in the data directory (images stay in the data
+    /// directory).
+    #[arg(long, env = "DATABASE_URL", global = true, value_name = "URL")]
+    pub database_url: Option<String>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP service (API, uploads, ingest workers, dashboard).
+    Serve(ServeArgs),
+    /// Create, list or revoke API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Apply database migrations and exit (`serve` also applies them).
+    Migrate,
+}
+
+/// Token management.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it (it is shown only once).
+    Create {
+        /// admin, maintainer, ticket-system or uploader.
+        #[arg(long)]
+        role: String,
+        /// Ticket scope: required for uploader (one ticket) and
+        /// ticket-system (a ticket, `PREFIX*`, or `*` for all).
+        #[arg(long)]
+        ticket: Option<String>,
+        /// Who holds it (free text, shown by `token list`).
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Lifetime such as `30d`, `12h`, `2w`; never expires by default.
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// List tokens (ids, roles, scopes, names; never the secrets).
+    List,
+    /// Revoke a token by id; its dashboard sessions end too.
+    Revoke {
+        /// Token id from `token list`.
+        id: i64,
+    },
+}
+
+/// Options of `serve`.
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeArgs {
+    /// Address to listen on. [default: 127.0.0.1:8080]
+    #[arg(long, env = "SUPPORT_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Largest chunk accepted, in bytes (advertised to clients).
+    /// [default: 8388608]
+    #[arg(long, env = "SUPPORT_MAX_CHUNK_SIZE", value_name = "BYTES")]
+    pub max_chunk_size: Option<u64>,
+    /// Largest image accepted, in bytes. [default: 1099511627776 (1 TiB)]
+    #[arg(long, env = "SUPPORT_MAX_IMAGE_SIZE", value_name = "BYTES")]
+    pub max_image_size: Option<u64>,
+    /// Bytes all images of one ticket may use together.
+    /// [default: 2199023255552 (2 TiB)]
+    #[arg(long, env = "SUPPORT_TICKET_QUOTA", value_name = "BYTES")]
+    pub ticket_quota: Option<u64>,
+    /// An upload with no new chunk for this long expires and its space is
+    /// reclaimed (`24h`, `7d`...). [default: 24h]
+    #[arg(long, env = "SUPPORT_UPLOAD_TTL", value_name = "DURATION")]
+    pub upload_ttl: Option<String>,
+    /// Parallel chunk requests suggested to clients. [default: 4]
+    #[arg(long, env = "SUPPORT_UPLOAD_CONCURRENCY", value_name = "N")]
+    pub upload_concurrency: Option<u32>,
+    /// Ingest/webhook worker tasks in this process (0: API only).
+    /// [default: 2]
+    #[arg(long, env = "SUPPORT_WORKERS", value_name = "N")]
+    pub workers: Option<usize>,
+    /// A running job's lease; another worker takes the job over when a
+    /// lease is not renewed in time. [default: 60s]
+    #[arg(long, env = "SUPPORT_JOB_LEASE", value_name = "DURATION")]
+    pub job_lease: Option<String>,
+    /// Lifetime of a dashboard session. [default: 12h]
+    #[arg(long, env = "SUPPORT_SESSION_TTL", value_name = "DURATION")]
+    pub session_ttl: Option<String>,
+    /// Mark the session cookie `Secure` (set when served over HTTPS).
+    /// [default: false]
+    #[arg(long, env = "SUPPORT_SECURE_COOKIES", value_name = "BOOL")]
+    pub secure_cookies: Option<bool>,
+    /// Origins allowed by CORS, comma-separated; CORS is off when empty.
+    /// [default: empty]
+    #[arg(long, env = "SUPPORT_CORS_ORIGINS", value_name = "ORIGINS")]
+    pub cors_origins: Option<String>,
+    /// Log format: `text` or `json`. [default: text]
+    #[arg(long, env = "SUPPORT_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<String>,
+    /// Time limit for a request to produce its response headers (upload
+    /// completion hashes the whole image within it). [default: 600s]
+    #[arg(long, env = "SUPPORT_REQUEST_TIMEOUT", value_name = "DURATION")]
+    pub request_timeout: Option<String>,
+    /// Base URL clients should use (for links in webhook events), e.g.
+    /// `https://support.example.com`. [default: http://<listen>]
+    #[arg(long, env = "SUPPORT_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
+}
+
+/// The resolved configuration of `serve`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listen address.
+    pub listen: String,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// PostgreSQL URL, or `None` for SQLite in the data directory.
+    pub database_url: Option<String>,
+    /// Bytes.
+    pub max_chunk_size: u64,
+    /// Bytes.
+    pub max_image_size: u64,
+    /// Bytes per ticket.
+    pub ticket_quota: u64,
+    /// Seconds.
+    pub upload_ttl: i64,
+    /// Advertised parallelism.
+    pub upload_concurrency: u32,
+    /// Worker tasks.
+    pub workers: usize,
+    /// Seconds.
+    pub job_lease: i64,
+    /// Seconds.
+    pub session_ttl: i64,
+    /// `Secure` cookies.
+    pub secure_cookies: bool,
+    /// CORS origins (empty: off).
+    pub cors_origins: Vec<String>,
+    /// `text` or `json`.
+    pub log_format: String,
+    /// Seconds.
+    pub request_timeout: i64,
+    /// Base URL for links.
+    pub public_url: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("./data"),
+            database_url: None,
+            max_chunk_size: 8 << 20,
+            max_image_size: 1 << 40,
+            ticket_quota: 2 << 40,
+            upload_ttl: 86400,
+            upload_concurrency: 4,
+            workers: 2,
+            job_lease: 60,
+            session_ttl: 12 * 3600,
+            secure_cookies: false,
+            cors_origins: Vec::new(),
+            log_format: "text".into(),
+            request_timeout: 600,
+            public_url: String::new(),
+        }
+    }
+}
+
+/// The TOML file: `serve` options plus the common ones.
+#[derive(Debug, Default)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    serve: ServeArgs,
+}
+
+fn duration(name: &str, v: Option<String>, default: i64) -> anyhow::Result<i64> {
+    match v {
+        None => Ok(default),
+        Some(s) => crate::auth::parse_duration(&s).ok_or_else(|| {
+            anyhow::anyhow!("{name}: {s:?} is not a duration; write e.g. 90s, 15m, 12h, 7d")
+        }),
+    }
+}
+
+impl Config {
+    /// Merges flags/environment over the config file over the defaults.
+    pub fn resolve(common: &CommonArgs, serve: &ServeArgs) -> anyhow::Result<Config> {
+        let file = match &common.config {
+            Some(p) => read_file(p)?,
+            None => FileConfig::default(),
+        };
+        let d = Config::default();
+        let f = file.serve;
+        let s = serve.clone();
+        let listen = s.listen.or(f.listen).unwrap_or(d.listen);
+        let cfg = Config {
+            data_dir: common
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or(d.data_dir),
+            database_url: common
+                .database_url
+                .clone()
+                .or(file.database_url)
+                .filter(|u| !u.is_empty()),
+            max_chunk_size: s
+                .max_chunk_size
+                .or(f.max_chunk_size)
+                .unwrap_or(d.max_chunk_size),
+            max_image_size: s
+                .max_image_size
+                .or(f.max_image_size)
+                .unwrap_or(d.max_image_size),
+            ticket_quota: s.ticket_quota.or(f.ticket_quota).unwrap_or(d.ticket_quota),
+            upload_ttl: duration("upload_ttl", s.upload_ttl.or(f.upload_ttl), d.upload_ttl)?,
+            upload_concurrency: s
+                .upload_concurrency
+                .or(f.upload_concurrency)
+                .unwrap_or(d.upload_concurrency),
+            workers: s.workers.or(f.workers).unwrap_or(d.workers),
+            job_lease: duration("job_lease", s.job_lease.or(f.job_lease), d.job_lease)?,
+            session_ttl: duration(
+                "session_ttl",
+                s.session_ttl.or(f.session_ttl),
+                d.session_ttl,
+            )?,
+            secure_cookies: s
+                .secure_cookies
+                .or(f.secure_cookies)
+                .unwrap_or(d.secure_cookies),
+            cors_origins: s
+                .cors_origins
+                .or(f.cors_origins)
+                .map(|o| {
+                    o.split(',')
+                        .map(|x| x.trim().to_string())
+                        .filter(|x| !x.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            log_format: s.log_format.or(f.log_format).unwrap_or(d.log_format),
+            request_timeout: duration(
+                "request_timeout",
+                s.request_timeout.or(f.request_timeout),
+                d.request_timeout,
+            )?,
+            public_url: s
+                .public_url
+                .or(f.public_url)
+                .unwrap_or_else(|| format!("http://{listen}")),
+            listen,
+        };
+        anyhow::ensure!(
+            (1..=(256u64 << 20)).contains(&cfg.max_chunk_size),
+            "max_chunk_size must be between 1 byte and 256 MiB"
+        );
+        anyhow::ensure!(
+            cfg.log_format == "text" || cfg.log_format == "json",
+            "log_format must be `text` or `json`"
+        );
+        Ok(cfg)
+    }
+
+    /// Only the state location (for `token` and `migrate`).
+    pub fn resolve_common(common: &CommonArgs) -> anyhow::Result<Config> {
+        Self::resolve(common, &ServeArgs::default())
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+    let bad = |e: &dyn std::fmt::Display| {
+        anyhow::anyhow!("config file {} is not valid: {e}", path.display())
+    };
+    let mut table: toml::Table = toml::from_str(&text).map_err(|e| bad(&e))?;
+    let text_of = |v: toml::Value| match v {
+        toml::Value::String(s) => Ok(s),
+        other => Err(anyhow::anyhow!(
+            "config file {}: expected a string, found {other}",
+            path.display()
+        )),
+    };
+    let data_dir = table
+        .remove("data_dir")
+        .map(text_of)
+        .transpose()?
+        .map(PathBuf::from);
+    let database_url = table.remove("database_url").map(text_of).transpose()?;
+    let serve = ServeArgs::deserialize(toml::Value::Table(table)).map_err(|e| bad(&e))?;
+    Ok(FileConfig {
+        data_dir,
+        database_url,
+        serve,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "listen = \"127.0.0.1:9\"\nworkers = 5\nupload_ttl = \"2h\"\n",
+        )
+        .unwrap();
+        let common = CommonArgs {
+            config: Some(p),
+            ..Default::default()
+        };
+        let serve = ServeArgs {
+            workers: Some(1),
+            ..Default::default()
+        };
+        let c = Config::resolve(&common, &serve).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9");
+        assert_eq!(c.workers, 1);
+        assert_eq!(c.upload_ttl, 7200);
+        assert_eq!(c.max_chunk_size, 8 << 20);
+    }
+}
