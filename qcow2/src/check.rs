@@ -573,54 +573,65 @@ pub fn check<R: ReadAt>(storage: R) -> Result<CheckReport> {
     // Stored refcounts versus references.
     let bits = h.refcount_bits();
     let per_block = cs * 8 / u64::from(bits);
-    let mut stored = vec![0u64; nb_clusters as usize];
+    // Compared block by block, so memory stays at one counter per cluster;
+    // only "refcount is exactly one" is remembered, for the COPIED flags.
+    let mut is_one = vec![0u64; (nb_clusters as usize).div_ceil(64)];
+    let blocks: BTreeMap<u64, u64> = stored_blocks.iter().copied().collect();
     let mut block = vec![0u8; cs as usize];
-    for &(i, off) in &stored_blocks {
-        header::read(&storage, &mut block, off, "refcount block")?;
-        for k in 0..per_block {
-            let cluster = i * per_block + k;
-            let v = refcount_at(&block, k, bits);
-            // Like qemu, refcounts past the end of the file are not counted.
-            if cluster >= nb_clusters {
+    for i in 0..nb_clusters.div_ceil(per_block) {
+        let have = match blocks.get(&i) {
+            Some(&off) => {
+                header::read(&storage, &mut block, off, "refcount block")?;
+                true
+            }
+            None => false,
+        };
+        // Like qemu, refcounts past the end of the file are not counted.
+        for k in i * per_block..((i + 1) * per_block).min(nb_clusters) {
+            let r = if have {
+                refcount_at(&block, k - i * per_block, bits)
+            } else {
+                0
+            };
+            if r == 1 {
+                is_one[(k / 64) as usize] |= 1 << (k % 64);
+            }
+            let c = u64::from(w.counts[k as usize]);
+            if c > 0 {
+                w.report.image_end_offset = (k + 1) << cb;
+            }
+            if r == c {
                 continue;
             }
-            stored[cluster as usize] = v;
-        }
-    }
-    for k in 0..nb_clusters {
-        let r = stored[k as usize];
-        let c = u64::from(w.counts[k as usize]);
-        if c > 0 {
-            w.report.image_end_offset = (k + 1) << cb;
-        }
-        if r == c {
-            continue;
-        }
-        let off = k << cb;
-        if r < c {
-            w.report.add(
-                Severity::Corruption,
-                off,
-                format!("cluster {off:#x} has refcount {r} but {c} references"),
-            );
-        } else {
-            w.report.add(
-                Severity::Leak,
-                off,
-                format!("cluster {off:#x} has refcount {r} but {c} references (leaked)"),
-            );
+            let off = k << cb;
+            if r < c {
+                w.report.add(
+                    Severity::Corruption,
+                    off,
+                    format!("cluster {off:#x} has refcount {r} but {c} references"),
+                );
+            } else {
+                w.report.add(
+                    Severity::Leak,
+                    off,
+                    format!("cluster {off:#x} has refcount {r} but {c} references (leaked)"),
+                );
+            }
         }
     }
     // COPIED flags must say "refcount is exactly one".
     for (at, e) in active {
         let off = e & OFFSET_MASK;
         let k = off >> cb;
-        let r = stored.get(k as usize).copied().unwrap_or(0);
-        if (e & COPIED != 0) != (r == 1) {
+        let one = is_one
+            .get((k / 64) as usize)
+            .is_some_and(|b| b & (1 << (k % 64)) != 0);
+        if (e & COPIED != 0) != one {
+            let r = if one { "is" } else { "is not" };
             w.report.add(
                 Severity::Corruption,
                 at,
-                format!("COPIED flag of the entry for {off:#x} disagrees with its refcount {r}"),
+                format!("COPIED flag of the entry for {off:#x} disagrees with its refcount, which {r} 1"),
             );
         }
     }

@@ -42,7 +42,7 @@ pub fn exercise(data: &[u8]) -> bool {
     };
     let size = img.virtual_size();
     // Bound the work on huge virtual disks: look at the start and the end.
-    let window = size.min(8 << 20);
+    let window = size.min(2 << 20);
     if let Ok(map) = img.map(0, window) {
         let mut buf = vec![0u8; 64 << 10];
         for e in map.iter().take(64) {
@@ -54,7 +54,7 @@ pub fn exercise(data: &[u8]) -> bool {
     let n = window.min(1 << 16);
     let mut tail = vec![0u8; n as usize];
     let _ = img.read_at(&mut tail, size - n);
-    if size <= 16 << 20 {
+    if size <= 2 << 20 {
         let _ = convert::to_raw_stream(&img, Count(0));
     }
     true
