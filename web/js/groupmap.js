@@ -3,17 +3,38 @@
 // identify a group; arrow keys move the selection.
 import { h, num } from './util.js';
 
-/** Whether a group's checksums field reports a failure. */
+/**
+ * A group's checksum state: 0 none recorded, 1 all match, 2 a failure.
+ * Stored values sit next to what they should be (`checksum` and
+ * `checksum_expected`, the same for the block and inode bitmaps).
+ */
 export function checksumState(g) {
-  const c = g && g.checksums;
-  if (c === undefined || c === null) return 0; // unknown / not checksummed
-  const bad = (v) => v === false || (typeof v === 'string' && /bad|mismatch|invalid|fail|wrong/i.test(v));
-  if (typeof c === 'string') return bad(c) ? 2 : /none|n\/a|^$/i.test(c) ? 0 : 1;
-  if (typeof c === 'boolean') return c ? 1 : 2;
-  const vals = Object.values(c);
-  if (!vals.length) return 0;
-  if (vals.some((v) => (v && typeof v === 'object' ? (v.ok === false || bad(v.status)) : bad(v)))) return 2;
-  return 1;
+  if (!g) return 0;
+  let seen = false;
+  for (const k of ['checksum', 'block_bitmap_checksum', 'inode_bitmap_checksum']) {
+    const have = g[k], want = g[`${k}_expected`];
+    if (have === undefined || have === null) continue;
+    seen = true;
+    if (want !== undefined && want !== null && want !== have) return 2;
+  }
+  const c = g.checksums;
+  if (c !== undefined && c !== null) {
+    const bad = (v) => v === false || (typeof v === 'string' && /bad|mismatch|invalid|fail|wrong/i.test(v));
+    if (typeof c === 'object' ? Object.values(c).some(bad) : bad(c)) return 2;
+    seen = true;
+  }
+  return seen ? 1 : 0;
+}
+
+/** Which of a group's checksums fail, by name. */
+export function checksumFailures(g) {
+  const out = [];
+  if (!g) return out;
+  for (const [k, name] of [['checksum', 'descriptor'], ['block_bitmap_checksum', 'block bitmap'], ['inode_bitmap_checksum', 'inode bitmap']]) {
+    const have = g[k], want = g[`${k}_expected`];
+    if (have !== undefined && have !== null && want !== undefined && want !== null && want !== have) out.push(name);
+  }
+  return out;
 }
 
 /** Group flags as a list of names. */
@@ -238,10 +259,10 @@ export function groupMap(opts) {
     const fl = flagList(g);
     parts.push(h('span', fl.length ? fl.join(' ') : 'no flags'));
     const cs = checksumState(g);
-    parts.push(h('span', { style: { color: cs === 2 ? css('--err') : '' } }, cs === 2 ? 'checksum failure' : cs === 1 ? 'checksums ok' : 'no checksums'));
+    parts.push(h('span', { style: { color: cs === 2 ? css('--err') : '' } }, cs === 2 ? `checksum failure: ${checksumFailures(g).join(', ') || 'see findings'}` : cs === 1 ? 'checksums ok' : 'no checksums'));
     if (fcount[i]) parts.push(h('span', { style: { color: css('--err') } }, `${fcount[i]} finding${fcount[i] > 1 ? 's' : ''}`));
     if (full) parts.push(h('span', `directories ${num(g.directories)}`), h('span', `unused inodes ${num(g.unused_inodes)}`),
-      h('span', `bitmaps ${num(g.block_bitmap)} / ${num(g.inode_bitmap)}`), h('span', `inode table ${num(g.inode_table)}`));
+      h('span', `bitmaps ${num(g.block_bitmap)} / ${num(g.inode_bitmap)}`), h('span', `inode table ${num(g.inode_table)}${g.inode_table_last ? '–' + num(g.inode_table_last) : ''}`));
     return parts;
   }
 

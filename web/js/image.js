@@ -3,7 +3,7 @@
 import { h, mount, bytes, num, when, age, link, route, statusPill, skeleton, toast } from './util.js';
 import * as api from './api.js';
 import { img, ACTIVE } from './fields.js';
-import { groupMap, flagList, checksumState } from './groupmap.js';
+import { groupMap, flagList, checksumState, checksumFailures } from './groupmap.js';
 
 const TRIAGE = ['new', 'investigating', 'waiting', 'resolved', 'archived'];
 const GROUP_PAGE = 50;
@@ -11,7 +11,7 @@ const GROUP_PAGE = 50;
 // Superblock keys (dumpe2fs -h labels in snake_case) into sections.
 const SECTIONS = [
   ['journal', 'Journal', /journal|transaction|fast_commit/],
-  ['errors', 'State and errors', /state|error|mount_count|mount_time|write_time|checked|check_interval|lifetime|mmp|orphan/],
+  ['errors', 'State and errors', /state|error|mount_count|mount_time|write_time|checked|check_interval|next_check|lifetime|mmp|orphan|snapshot/],
   ['features', 'Features', /feature|flags|mount_options|hash|checksum|csum|encoding|encryption/],
   ['identity', 'Identity', /volume_name|uuid|magic|revision|os_type|last_mounted|created|^mount_opts|backup_/],
   ['geometry', 'Geometry', /count|size|per_group|first_|block|inode|reserved|overhead|free|group|flex|extra_isize|raid|stride/],
@@ -33,6 +33,18 @@ function humanKey(k) {
   return s.charAt(0).toUpperCase() + s.slice(1);
 }
 
+// Superblock times are Unix seconds; intervals are seconds.
+const TIME_KEY = /(_time|_created|^filesystem_created|last_checked|next_check_after)$/;
+
+function fmtSb(key, v) {
+  if (typeof v === 'number' && TIME_KEY.test(key)) return v === 0 ? 'n/a' : when(v);
+  if (typeof v === 'number' && key === 'check_interval') return v === 0 ? '0 (none)' : `${v} s (${Math.round(v / 86400)} days)`;
+  if (typeof v === 'number' && key === 'filesystem_magic_number') return `0x${v.toString(16).toUpperCase()}`;
+  if (typeof v === 'number' && key === 'lifetime_writes') return bytes(v * 1024);
+  if (typeof v === 'number' && /_uuid$/.test(key)) return String(v);
+  return fmtValue(v);
+}
+
 function fmtValue(v) {
   if (v === null || v === undefined) return '—';
   if (Array.isArray(v)) return v.join(' ');
@@ -52,7 +64,8 @@ function superblockSections(sb) {
     const rows = buckets.get(s).map(([k, v]) => {
       const key = String(k).toLowerCase();
       const bad = (s === 'errors' && /error/.test(key) && v && v !== '0' && v !== 0 && !/behavior|behaviour/.test(key)) || (key.includes('state') && /not clean|error/i.test(String(v)));
-      const val = /features|flags|mount_options/.test(key) && typeof v === 'string' ? h('td', v.split(/\s+/).filter(Boolean).map((x) => h('span.tag', x))) : h('td', { style: bad ? { color: 'var(--err)', fontWeight: 600 } : null }, fmtValue(v));
+      const list = Array.isArray(v) ? v.map(String) : /features|flags|mount_options/.test(key) && typeof v === 'string' ? v.split(/\s+/).filter(Boolean) : null;
+      const val = list ? h('td', list.length ? list.map((x) => h('span.tag', x)) : '—') : h('td', { style: bad ? { color: 'var(--err)', fontWeight: 600 } : null }, fmtSb(key, v));
       return h('tr', { dataset: { key: k } }, h('th', { scope: 'row' }, humanKey(k)), val);
     });
     return h('section', { dataset: { section: s } }, h('h3', LABEL[s]), h('table.kv', h('tbody', rows)));
@@ -106,7 +119,7 @@ export async function imagePage({ main, query }, id) {
       h('div',
         h('h1', { id: 'image-title' }, h('span.mono', img.ticket(i) || '(no ticket)'), ' ', statusPill(img.status(i))),
         h('div.meta', h('b', img.label(i) || '(no label)'), ' · ', h('span.mono', img.uuid(i) || 'no UUID'), ' · ', bytes(img.fsSize(i) ?? img.size(i)), ' filesystem',
-          ' · image ', bytes(img.imageSize(i)), ' · uploaded ', h('span', { title: when(img.created(i)) }, age(img.created(i))), ` · #${img.id(i)}`),
+          ' · image ', bytes(img.imageSize(i)), ' · uploaded ', h('span', { title: when(img.created(i)) }, age(img.created(i))), ' · ', h('span.mono', { title: `image id ${img.id(i)}` }, `#${String(img.id(i)).slice(0, 8)}`)),
         fn ? h('div.meta', 'Kernel last error: ', h('a.mono', { href: link('images', { error_function: fn }), title: 'Other images with this error' }, `${fn}${img.lastErrorLine(i) ? ':' + img.lastErrorLine(i) : ''}`)) : null,
         img.status(i) === 'failed' ? h('div.error-msg', { role: 'alert' }, `Analysis failed: ${img.reason(i) || 'no reason recorded'}`) : null),
       h('div.actions',
@@ -257,9 +270,9 @@ export async function imagePage({ main, query }, id) {
         g ? [
           h('td.num.mono', `${num(g.first_block)}–${num(g.last_block)}`),
           h('td.num', num(g.free_blocks)), h('td.num', num(g.free_inodes)), h('td.num', num(g.directories)), h('td.num', num(g.unused_inodes)),
-          h('td.mono', `${num(g.block_bitmap)} / ${num(g.inode_bitmap)} / ${num(g.inode_table)}`),
+          h('td.mono', `${num(g.block_bitmap)} / ${num(g.inode_bitmap)} / ${num(g.inode_table)}${g.inode_table_last ? '–' + num(g.inode_table_last) : ''}`),
           h('td', fl.map((f) => h('span.tag', f))),
-          h('td', cs === 2 ? h('span.sev.error', 'bad') : cs === 1 ? h('span.muted', 'ok') : h('span.muted', '—')),
+          h('td', cs === 2 ? h('span.sev.error', { title: checksumFailures(g).join(', ') }, 'bad') : cs === 1 ? h('span.muted', 'ok') : h('span.muted', '—')),
           h('td', nf ? h('span.count.error', nf) : ''),
         ] : h('td', { colspan: 9 }, skeleton(1, '14px'))));
     }

@@ -43,7 +43,7 @@ function row(i, now) {
   const line = img.lastErrorLine(i);
   const href = link(`images/${encodeURIComponent(img.id(i))}`);
   return h('tr.clickable', { dataset: { id: img.id(i), ticket: img.ticket(i) ?? '' }, onclick: (ev) => { if (!ev.target.closest('a')) location.hash = href; } },
-    h('td.nowrap', h('a.mono', { href, class: 'img-link' }, img.ticket(i) || '(no ticket)'), h('div.muted.mono', { style: { fontSize: '11px' } }, `#${img.id(i)}`)),
+    h('td.nowrap', h('a.mono', { href, class: 'img-link' }, img.ticket(i) || '(no ticket)'), h('div.muted.mono', { style: { fontSize: '11px' }, title: `image ${img.id(i)}` }, `#${String(img.id(i)).slice(0, 8)}`)),
     h('td', statusPill(img.status(i)), img.status(i) === 'failed' && img.reason(i) ? h('div.muted', { style: { fontSize: '11.5px', maxWidth: '220px' } }, img.reason(i)) : null),
     h('td', h('div', img.label(i) ? h('b', img.label(i)) : h('span.muted', '(no label)')), h('div.muted.mono.uuid', { title: img.uuid(i) || '' }, img.uuid(i) ? `${String(img.uuid(i)).slice(0, 13)}…` : '')),
     h('td.num.nowrap', h('div', bytes(img.fsSize(i))), h('div.muted', { style: { fontSize: '11px' }, title: 'stored QCOW2 image' }, `image ${bytes(img.imageSize(i))}`)),
