@@ -19,7 +19,7 @@ use std::sync::mpsc;
 use std::sync::Mutex;
 
 /// Guest bytes per job (and per read for plain data).
-pub const JOB_BYTES: u64 = 4 << 20;
+pub const JOB_BYTES: u64 = 2 << 20;
 /// Granularity of zero detection, as qemu-img's default `-S 4k`.
 pub const SPARSE_BLOCK: u64 = 4096;
 /// Guest bytes mapped at a time while producing jobs.
@@ -241,6 +241,102 @@ fn threads() -> usize {
         .clamp(1, 8)
 }
 
+/// Runs the job pipeline: worker threads read and inflate jobs, and
+/// `deliver(offset, bytes)` sees each job's bytes in guest order on the
+/// calling thread (one writer: parallel writes to one file only contend on
+/// the kernel's inode lock). Returns the guest bytes stored in the image.
+fn pipeline<R: ReadAt>(
+    image: &Image<R>,
+    mut deliver: impl FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<u64> {
+    let n = threads();
+    let (tx, rx) = mpsc::sync_channel::<Job>(n * 2);
+    let rx = Mutex::new(rx);
+    let (done_tx, done_rx) = mpsc::sync_channel::<(u64, u64, Result<Vec<u8>>)>(n * 2);
+    let (pool_tx, pool_rx) = mpsc::channel::<Vec<u8>>();
+    let pool_rx = Mutex::new(pool_rx);
+    let failed = AtomicBool::new(false);
+    std::thread::scope(|s| -> Result<u64> {
+        for _ in 0..n {
+            let rx = &rx;
+            let done_tx = done_tx.clone();
+            let pool_rx = &pool_rx;
+            let failed = &failed;
+            s.spawn(move || {
+                let mut scratch = Vec::new();
+                loop {
+                    let job = match rx.lock() {
+                        Ok(r) => r.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok(job) = job else { return };
+                    if failed.load(Ordering::Relaxed) {
+                        continue; // drain so the producer never blocks
+                    }
+                    let mut buf = pool_rx
+                        .lock()
+                        .ok()
+                        .and_then(|p| p.try_recv().ok())
+                        .unwrap_or_default();
+                    let r = load_job(image, &job, &mut buf, &mut scratch).map(|_| buf);
+                    if r.is_err() {
+                        failed.store(true, Ordering::Relaxed);
+                    }
+                    if done_tx.send((job.seq, job.offset, r)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+        let failed = &failed;
+        let producer = s.spawn(move || {
+            let r = produce_jobs(image, |j| {
+                if failed.load(Ordering::Relaxed) {
+                    return Err(Error::io("converting", std::io::Error::other("stopped")));
+                }
+                tx.send(j)
+                    .map_err(|_| Error::io("converting", std::io::Error::other("a worker stopped")))
+            });
+            drop(tx);
+            r
+        });
+        let mut next_seq = 1u64;
+        let mut pending: BTreeMap<u64, (u64, Vec<u8>)> = BTreeMap::new();
+        let mut result: Result<()> = Ok(());
+        for (seq, offset, r) in done_rx.iter() {
+            if result.is_err() {
+                continue; // drain so workers can finish
+            }
+            match r {
+                Err(e) => result = Err(e),
+                Ok(buf) => {
+                    pending.insert(seq, (offset, buf));
+                    while let Some((off, buf)) = pending.remove(&next_seq) {
+                        next_seq += 1;
+                        if let Err(e) = deliver(off, &buf) {
+                            failed.store(true, Ordering::Relaxed);
+                            result = Err(e);
+                            break;
+                        }
+                        let _ = pool_tx.send(buf);
+                    }
+                }
+            }
+        }
+        let stored = match producer.join() {
+            Ok(r) => r,
+            Err(_) => Err(Error::io(
+                "converting",
+                std::io::Error::other("the mapper panicked"),
+            )),
+        };
+        // A worker's or the writer's error explains a stopped producer.
+        result?;
+        stored
+    })
+}
+
 /// Converts to a sparse raw file: sets its length to the virtual size and
 /// writes only stored, non-zero 4 KiB blocks. `out` should be empty.
 pub fn to_raw<R: ReadAt>(image: &Image<R>, out: &File) -> Result<ConvertStats> {
@@ -256,82 +352,10 @@ pub fn to_raw<R: ReadAt>(image: &Image<R>, out: &File) -> Result<ConvertStats> {
     };
     out.write_all_at(&vec![0u8; first as usize], 0)
         .map_err(|e| Error::io("writing the raw output at offset 0", e))?;
-    let n = threads();
-    let (tx, rx) = mpsc::sync_channel::<Job>(n * 2);
-    let rx = Mutex::new(rx);
-    let failed = AtomicBool::new(false);
-    let (written, stored) = std::thread::scope(|s| -> Result<(u64, u64)> {
-        let workers: Vec<_> = (0..n)
-            .map(|_| {
-                let rx = &rx;
-                let failed = &failed;
-                s.spawn(move || -> Result<u64> {
-                    let mut buf = Vec::new();
-                    let mut scratch = Vec::new();
-                    let mut written = 0;
-                    let mut error = None;
-                    loop {
-                        let job = match rx.lock() {
-                            Ok(r) => r.recv(),
-                            Err(_) => break,
-                        };
-                        let Ok(job) = job else { break };
-                        // After an error keep draining, so the producer
-                        // never blocks on a full queue.
-                        if error.is_some() || failed.load(Ordering::Relaxed) {
-                            continue;
-                        }
-                        let r = load_job(image, &job, &mut buf, &mut scratch)
-                            .and_then(|_| write_sparse(out, job.offset, &buf));
-                        match r {
-                            Ok(n) => written += n,
-                            Err(e) => {
-                                failed.store(true, Ordering::Relaxed);
-                                error = Some(e);
-                            }
-                        }
-                    }
-                    match error {
-                        Some(e) => Err(e),
-                        None => Ok(written),
-                    }
-                })
-            })
-            .collect();
-        let produced = produce_jobs(image, |j| {
-            if failed.load(Ordering::Relaxed) {
-                return Err(Error::io(
-                    "converting",
-                    std::io::Error::other("a worker failed"),
-                ));
-            }
-            tx.send(j)
-                .map_err(|_| Error::io("converting", std::io::Error::other("a worker stopped")))
-        });
-        drop(tx);
-        let mut total = 0;
-        let (stored, mut first_err) = match produced {
-            Ok(s) => (s, None),
-            Err(e) => (0, Some(e)),
-        };
-        for w in workers {
-            match w.join() {
-                Ok(Ok(n)) => total += n,
-                Ok(Err(e)) => {
-                    // A worker's error explains a send failure better.
-                    first_err = Some(e);
-                }
-                Err(_) => {
-                    first_err.get_or_insert_with(|| {
-                        Error::io("converting", std::io::Error::other("a worker panicked"))
-                    });
-                }
-            }
-        }
-        if let Some(e) = first_err {
-            return Err(e);
-        }
-        Ok((total, stored))
+    let mut written = 0;
+    let stored = pipeline(image, |off, buf| {
+        written += write_sparse(out, off, buf)?;
+        Ok(())
     })?;
     Ok(ConvertStats {
         virtual_size: image.virtual_size(),
@@ -343,12 +367,6 @@ pub fn to_raw<R: ReadAt>(image: &Image<R>, out: &File) -> Result<ConvertStats> {
 /// Converts to a stream (e.g. stdout): every byte of the virtual disk is
 /// written in order, zeros included.
 pub fn to_raw_stream<R: ReadAt, W: Write>(image: &Image<R>, mut out: W) -> Result<ConvertStats> {
-    let n = threads();
-    let (tx, rx) = mpsc::sync_channel::<Job>(n * 2);
-    let rx = Mutex::new(rx);
-    let (done_tx, done_rx) = mpsc::sync_channel::<(u64, u64, Result<Vec<u8>>)>(n * 2);
-    let (pool_tx, pool_rx) = mpsc::channel::<Vec<u8>>();
-    let pool_rx = Mutex::new(pool_rx);
     let size = image.virtual_size();
     let zeros = vec![0u8; JOB_BYTES as usize];
     let write_zeros = |out: &mut W, mut len: u64| -> Result<()> {
@@ -360,87 +378,22 @@ pub fn to_raw_stream<R: ReadAt, W: Write>(image: &Image<R>, mut out: W) -> Resul
         }
         Ok(())
     };
-    std::thread::scope(|s| -> Result<ConvertStats> {
-        for _ in 0..n {
-            let rx = &rx;
-            let done_tx = done_tx.clone();
-            let pool_rx = &pool_rx;
-            s.spawn(move || {
-                let mut scratch = Vec::new();
-                loop {
-                    let job = match rx.lock() {
-                        Ok(r) => r.recv(),
-                        Err(_) => return,
-                    };
-                    let Ok(job) = job else { return };
-                    let mut buf = pool_rx
-                        .lock()
-                        .ok()
-                        .and_then(|p| p.try_recv().ok())
-                        .unwrap_or_default();
-                    let r = load_job(image, &job, &mut buf, &mut scratch).map(|_| buf);
-                    if done_tx.send((job.seq, job.offset, r)).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-        drop(done_tx);
-        // Producer on its own thread; this thread reorders and writes.
-        let producer = s.spawn(move || {
-            let r = produce_jobs(image, |j| {
-                tx.send(j)
-                    .map_err(|_| Error::io("converting", std::io::Error::other("a worker stopped")))
-            });
-            drop(tx);
-            r
-        });
-        let mut next_seq = 1u64;
-        let mut pending: BTreeMap<u64, (u64, Vec<u8>)> = BTreeMap::new();
-        let mut pos = 0u64;
-        let mut written = 0u64;
-        let mut result: Result<()> = Ok(());
-        for (seq, offset, r) in done_rx.iter() {
-            if result.is_err() {
-                continue; // drain so workers can finish
-            }
-            match r {
-                Err(e) => result = Err(e),
-                Ok(buf) => {
-                    pending.insert(seq, (offset, buf));
-                    while let Some((off, buf)) = pending.remove(&next_seq) {
-                        next_seq += 1;
-                        let step = write_zeros(&mut out, off - pos).and_then(|_| {
-                            out.write_all(&buf)
-                                .map_err(|e| Error::io("writing the raw stream", e))
-                        });
-                        if let Err(e) = step {
-                            result = Err(e);
-                            break;
-                        }
-                        pos = off + buf.len() as u64;
-                        written += buf.len() as u64;
-                        let _ = pool_tx.send(buf);
-                    }
-                }
-            }
-        }
-        let stored = match producer.join() {
-            Ok(r) => r,
-            Err(_) => Err(Error::io(
-                "converting",
-                std::io::Error::other("the mapper panicked"),
-            )),
-        };
-        result?;
-        let stored = stored?;
-        write_zeros(&mut out, size - pos)?;
-        out.flush()
-            .map_err(|e| Error::io("flushing the raw stream", e))?;
-        Ok(ConvertStats {
-            virtual_size: size,
-            stored_bytes: stored,
-            written_bytes: written + (size - pos),
-        })
+    let mut pos = 0u64;
+    let mut written = 0u64;
+    let stored = pipeline(image, |off, buf| {
+        write_zeros(&mut out, off - pos)?;
+        out.write_all(buf)
+            .map_err(|e| Error::io("writing the raw stream", e))?;
+        pos = off + buf.len() as u64;
+        written += buf.len() as u64;
+        Ok(())
+    })?;
+    write_zeros(&mut out, size - pos)?;
+    out.flush()
+        .map_err(|e| Error::io("flushing the raw stream", e))?;
+    Ok(ConvertStats {
+        virtual_size: size,
+        stored_bytes: stored,
+        written_bytes: written + (size - pos),
     })
 }

@@ -120,7 +120,13 @@ pub struct Image<R: ReadAt> {
     file_size: u64,
     l1: Vec<u64>,
     cache: Mutex<L2Cache>,
+    /// Recently inflated compressed clusters, by file offset: small reads
+    /// from one compressed cluster inflate it once.
+    inflated: Mutex<Vec<(u64, Arc<Vec<u8>>)>>,
 }
+
+/// Inflated clusters kept (bytes).
+const INFLATED_CACHE_BYTES: u64 = 8 << 20;
 
 thread_local! {
     static DECOMPRESSOR: RefCell<Option<Decompressor>> = const { RefCell::new(None) };
@@ -160,6 +166,7 @@ impl<R: ReadAt> Image<R> {
                 tick: 0,
                 capacity,
             }),
+            inflated: Mutex::new(Vec::new()),
             header,
         })
     }
@@ -428,11 +435,29 @@ impl<R: ReadAt> Image<R> {
             Backing::Data { host } => self.read_host(host, dst)?,
             Backing::Compressed { host, size } => {
                 let cs = self.cluster_size();
-                let within = r.offset & (cs - 1);
-                let mut cluster = vec![0u8; cs as usize];
-                let mut input = Vec::new();
-                self.read_compressed(host, size, &mut input, &mut cluster)?;
-                let s = within as usize;
+                let s = (r.offset & (cs - 1)) as usize;
+                let hit = self
+                    .inflated
+                    .lock()
+                    .ok()
+                    .and_then(|c| c.iter().find(|(h, _)| *h == host).map(|(_, d)| d.clone()));
+                let cluster = match hit {
+                    Some(d) => d,
+                    None => {
+                        let mut cluster = vec![0u8; cs as usize];
+                        let mut input = Vec::new();
+                        self.read_compressed(host, size, &mut input, &mut cluster)?;
+                        let d = Arc::new(cluster);
+                        if let Ok(mut c) = self.inflated.lock() {
+                            let cap = (INFLATED_CACHE_BYTES / cs).clamp(4, 64) as usize;
+                            if c.len() >= cap {
+                                c.remove(0);
+                            }
+                            c.push((host, d.clone()));
+                        }
+                        d
+                    }
+                };
                 dst.copy_from_slice(&cluster[s..s + dst.len()]);
             }
         }
