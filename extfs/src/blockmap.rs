@@ -423,8 +423,9 @@ fn inode_metadata(b: &mut Builder) {
             if inode.links_count == 0 {
                 return;
             }
-            if inode.file_acl != 0 && xattr_seen.insert(inode.file_acl) {
-                b.add_checked(inode.file_acl, BlockKind::XattrBlock { ino }, ino);
+            let acl = inode.acl_block(fs.is_64bit());
+            if acl != 0 && xattr_seen.insert(acl) {
+                b.add_checked(acl, BlockKind::XattrBlock { ino }, ino);
             }
             if !inode.has_valid_blocks() {
                 return;

@@ -11,7 +11,7 @@
 //! Blocks that cannot be read are listed in the [`Summary`], left out, and
 //! the export goes on.
 
-use crate::blockmap::{BlockKind, BlockMap};
+use crate::blockmap::{BlockKind, BlockMap, Range};
 use crate::finding::Finding;
 use crate::fs::Filesystem;
 use serde::Serialize;
@@ -43,6 +43,12 @@ pub trait Transform {
     /// Writes the translation table (local only). Default: nothing to write.
     fn write_map(&self, _out: &mut dyn io::Write) -> io::Result<()> {
         Ok(())
+    }
+    /// Whether every block of this kind would come out all zeros (e.g. the
+    /// journal when it is blanked): such blocks are then not even read.
+    /// Default: no kind is skipped.
+    fn skips(&self, _kind: &BlockKind) -> bool {
+        false
     }
     /// Things the user must be told (e.g. "the journal needs recovery and was
     /// blanked"). Default: none.
@@ -137,9 +143,9 @@ struct Span {
     rj: usize,
 }
 
-fn spans(map: &BlockMap, chunk_blocks: u64, max_gap: u64) -> Vec<Span> {
+fn spans(ranges: &[Range], chunk_blocks: u64, max_gap: u64) -> Vec<Span> {
     let mut out: Vec<Span> = Vec::new();
-    for (i, r) in map.ranges.iter().enumerate() {
+    for (i, r) in ranges.iter().enumerate() {
         let mut s = r.start;
         let end = r.end();
         while s < end {
@@ -200,10 +206,22 @@ pub fn export(
             .entry(r.kind.name().to_string())
             .or_default() += r.len;
     }
+    let ranges: Vec<Range> = map
+        .ranges
+        .iter()
+        .filter(|r| {
+            let skip = transform.skips(&r.kind);
+            if skip {
+                sum.zero_blocks += r.len;
+            }
+            !skip
+        })
+        .copied()
+        .collect();
     let mut buf: Vec<u8> = Vec::new();
     let mut bad: Vec<bool> = Vec::new();
     let mut mapped: Vec<bool> = Vec::new();
-    for sp in spans(map, chunk_blocks, opts.max_gap_blocks) {
+    for sp in spans(&ranges, chunk_blocks, opts.max_gap_blocks) {
         let n = (sp.end - sp.start) as usize;
         buf.resize(n * bsu, 0);
         bad.clear();
@@ -220,7 +238,7 @@ pub fn export(
         // Transform the mapped blocks of the span.
         mapped.clear();
         mapped.resize(n, false);
-        for r in &map.ranges[sp.ri..sp.rj] {
+        for r in &ranges[sp.ri..sp.rj] {
             let s = r.start.max(sp.start);
             let e = r.end().min(sp.end);
             for blk in s..e {
@@ -233,7 +251,7 @@ pub fn export(
             }
         }
         // Record unreadable mapped blocks.
-        for r in &map.ranges[sp.ri..sp.rj] {
+        for r in &ranges[sp.ri..sp.rj] {
             let s = r.start.max(sp.start);
             let e = r.end().min(sp.end);
             for blk in s..e {

@@ -258,6 +258,25 @@ impl Inode {
         !self.has_inline_data()
     }
 
+    /// The xattr block as e2fsprogs reads it (`ext2fs_file_acl_block`): the
+    /// high 16 bits count only on 64bit filesystems.
+    pub fn acl_block(&self, is_64bit: bool) -> u64 {
+        if is_64bit {
+            self.file_acl
+        } else {
+            self.file_acl & 0xFFFF_FFFF
+        }
+    }
+
+    /// The contents of an inline-data inode: `i_block` (up to 60 bytes) then
+    /// the `system.data` xattr value, cut to `i_size`.
+    pub fn inline_data(&self) -> Vec<u8> {
+        let mut v = self.i_block.to_vec();
+        v.extend(crate::xattr::inline_data_value(&self.raw, self.extra_isize));
+        v.truncate(self.size.min(v.len() as u64) as usize);
+        v
+    }
+
     /// Fast symlink: the target is in `i_block` itself.
     pub fn is_fast_symlink(&self) -> bool {
         self.is_symlink() && !self.has_inline_data() && !self.has_valid_blocks()
@@ -1069,8 +1088,9 @@ fn check_inode(
         return;
     }
     let bs = Filesystem::block_size(fs) as usize;
-    if inode.file_acl != 0 && xattr_seen.insert(inode.file_acl) {
-        let blk = inode.file_acl;
+    let acl = inode.acl_block(fs.is_64bit());
+    if acl != 0 && xattr_seen.insert(acl) {
+        let blk = acl;
         match fs.read_block(blk) {
             Err(e) => c.add(
                 Severity::Error,

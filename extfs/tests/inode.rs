@@ -357,3 +357,32 @@ fn blockmap_covers_e2image() {
         }
     }
 }
+
+#[test]
+fn inline_file_contents_read_back() {
+    if !have_tools() {
+        return;
+    }
+    let dir = testkit::tempdir();
+    let tree = dir.path().join("tree");
+    fs::create_dir_all(&tree).unwrap();
+    let body: Vec<u8> = (0..100u8).map(|i| b'a' + i % 26).collect();
+    fs::write(tree.join("f"), &body).unwrap();
+    let img = dir.path().join("e.img");
+    mkfs(
+        &img,
+        "8M",
+        &["-t", "ext4", "-I", "256", "-O", "inline_data"],
+        Some(&tree),
+    );
+    let fsys = open(&img);
+    let f = dir::read_dir(&fsys, 2)
+        .unwrap()
+        .into_iter()
+        .find(|e| e.name == b"f")
+        .unwrap()
+        .inode;
+    let node = fsys.inode(f).unwrap();
+    assert!(node.has_inline_data());
+    assert_eq!(node.inline_data(), body);
+}

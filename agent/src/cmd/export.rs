@@ -120,7 +120,7 @@ pub fn export(args: &Args) -> anyhow::Result<extfs::export::Summary> {
         file,
         virtual_size,
         qcow2::WriterOptions {
-            cluster_size: 64 << 10,
+            cluster_size: cluster_size_for(&map, fs.block_size()),
             compression,
         },
     )
@@ -194,6 +194,65 @@ pub fn export(args: &Args) -> anyhow::Result<extfs::export::Summary> {
         summary.mapped_blocks, summary.written_blocks, src_name
     );
     Ok(summary)
+}
+
+/// The QCOW2 cluster size for this metadata layout.
+///
+/// 64 KiB clusters compress best, but every 512 MiB of the disk that holds
+/// any metadata costs a 64 KiB L2 table, and each cluster touched is stored
+/// whole when uncompressed. Metadata spread thinly over a huge filesystem (a
+/// block bitmap every 2 GiB of a nearly empty 3 TiB array) would then cost
+/// far more in tables than in data, so when the 64 KiB tables alone would
+/// exceed a quarter of the metadata, the size whose estimated tables plus
+/// touched clusters are smallest is used instead.
+fn cluster_size_for(map: &extfs::blockmap::BlockMap, block_size: u64) -> u64 {
+    use extfs::blockmap::BlockKind;
+    // (region or cluster index) counts over the mapped blocks that usually
+    // hold data (the journal and unused inode table tails are mostly zero).
+    let estimate = |cs: u64| -> (u64, u64) {
+        let l2_span = cs * (cs / 8);
+        let (mut regions, mut clusters) = (0u64, 0u64);
+        let (mut last_region, mut last_cluster) = (u64::MAX, u64::MAX);
+        for r in &map.ranges {
+            if matches!(
+                r.kind,
+                BlockKind::Journal { .. } | BlockKind::InodeTableUnused { .. }
+            ) {
+                continue;
+            }
+            let start = r.start * block_size;
+            let end = r.end() * block_size - 1;
+            let (r0, r1) = (start / l2_span, end / l2_span);
+            regions += r1 - r0 + 1 - u64::from(r0 == last_region);
+            last_region = r1;
+            let (c0, c1) = (start / cs, end / cs);
+            clusters += c1 - c0 + 1 - u64::from(c0 == last_cluster);
+            last_cluster = c1;
+        }
+        (regions * cs, clusters * cs)
+    };
+    let data: u64 = map
+        .ranges
+        .iter()
+        .filter(|r| {
+            !matches!(
+                r.kind,
+                BlockKind::Journal { .. } | BlockKind::InodeTableUnused { .. }
+            )
+        })
+        .map(|r| r.len * block_size)
+        .sum();
+    let (tables64, _) = estimate(64 << 10);
+    if tables64 <= data / 4 {
+        return 64 << 10;
+    }
+    [4u64 << 10, 8 << 10, 16 << 10, 32 << 10, 64 << 10]
+        .into_iter()
+        .min_by_key(|&cs| {
+            let (t, c) = estimate(cs);
+            t + c
+        })
+        .unwrap_or(64 << 10)
 }
 
 /// Whether `source` is mounted read-write, as a warning sentence.
