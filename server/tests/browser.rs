@@ -94,51 +94,61 @@ impl Server {
     /// create, chunks by offset with their SHA-256, complete with the whole
     /// SHA-256. Returns the image id.
     fn upload(&self, token: &str, ticket: &str, file: &Path) -> String {
+        let (id, finish) = self.start_upload(token, ticket, file);
+        finish();
+        id
+    }
+
+    /// Creates the upload only; the returned closure sends the chunks and
+    /// completes it.
+    fn start_upload<'a>(
+        &'a self,
+        token: &'a str,
+        ticket: &str,
+        file: &Path,
+    ) -> (String, impl FnOnce() + 'a) {
         let bytes = std::fs::read(file).expect("read image");
         let whole = hex::encode(Sha256::digest(&bytes));
         let r = self.api(
             "POST",
             "/api/v1/uploads",
             token,
-            Some(&json!({"ticket": ticket, "size": bytes.len(), "sha256": whole, "name": file.file_name().unwrap().to_string_lossy()})),
+            Some(&json!({"ticket": ticket, "size": bytes.len(), "name": "web-test.qcow2"})),
         );
         assert!(r.status < 300, "create upload: {} {}", r.status, r.text());
         let up = r.json();
-        let id = up["id"]
-            .as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| up["id"].to_string());
+        let id = up["id"].as_str().expect("upload id").to_string();
         let chunk = up["limits"]["max_chunk_size"]
             .as_u64()
             .unwrap_or(1 << 20)
             .min(4 << 20) as usize;
-        let auth = format!("Bearer {token}");
-        for (k, part) in bytes.chunks(chunk).enumerate() {
-            let sha = hex::encode(Sha256::digest(part));
-            let r = http(
-                "PUT",
-                &format!("{}/api/v1/uploads/{id}/chunks/{}", self.base, k * chunk),
-                &[
-                    ("Authorization", &auth),
-                    ("Content-Type", "application/octet-stream"),
-                    ("X-Chunk-Sha256", &sha),
-                ],
-                part,
+        let id2 = id.clone();
+        let finish = move || {
+            let auth = format!("Bearer {token}");
+            for (k, part) in bytes.chunks(chunk).enumerate() {
+                let sha = hex::encode(Sha256::digest(part));
+                let r = http(
+                    "PUT",
+                    &format!("{}/api/v1/uploads/{id2}/chunks/{}", self.base, k * chunk),
+                    &[
+                        ("Authorization", &auth),
+                        ("Content-Type", "application/octet-stream"),
+                        ("X-Chunk-Sha256", &sha),
+                    ],
+                    part,
+                );
+                assert!(r.status < 300, "chunk {k}: {} {}", r.status, r.text());
+            }
+            let r = self.api(
+                "POST",
+                &format!("/api/v1/uploads/{id2}/complete"),
+                token,
+                Some(&json!({ "sha256": whole })),
             );
-            assert!(r.status < 300, "chunk {k}: {} {}", r.status, r.text());
-        }
-        let r = self.api(
-            "POST",
-            &format!("/api/v1/uploads/{id}/complete"),
-            token,
-            Some(&json!({"sha256": whole})),
-        );
-        assert!(r.status < 300, "complete: {} {}", r.status, r.text());
-        let done = r.json();
-        done["id"]
-            .as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| panic!("no image id in {done}"))
+            assert!(r.status < 300, "complete: {} {}", r.status, r.text());
+            assert_eq!(r.json()["id"], json!(id2));
+        };
+        (id, finish)
     }
 
     fn wait_ready(&self, token: &str, id: &str, timeout: Duration) -> Value {
@@ -315,6 +325,21 @@ fn dashboard_end_to_end() {
         "signature with count 2: {sig}"
     );
     b.screenshot(&screenshots().join("list.png"));
+
+    // Live status: an upload in progress appears as `uploading` and turns
+    // `ready` without a reload.
+    let (id_c, finish_c) = server.start_upload(&admin, "WEB-LIVE", &qcow_b);
+    b.wait_for_in(
+        &format!("(r => r && r.innerText.includes('uploading'))(document.querySelector('#images tr[data-id=\"{id_c}\"]'))"),
+        "the new upload listed as uploading",
+        Duration::from_secs(20),
+    );
+    finish_c();
+    b.wait_for_in(
+        &format!("(r => r && r.innerText.includes('ready'))(document.querySelector('#images tr[data-id=\"{id_c}\"]'))"),
+        "the upload turning ready in place",
+        Duration::from_secs(60),
+    );
 
     // Find the image by ticket.
     b.type_into(&b.find("#f-ticket"), "WEB-1001");
@@ -501,7 +526,7 @@ fn dashboard_end_to_end() {
     dark.goto(&format!("{}/", server.base));
     sign_in(&dark, &maintainer);
     dark.wait_for(
-        "document.querySelectorAll('#images tbody tr[data-id]').length === 2",
+        "document.querySelectorAll('#images tbody tr[data-id]').length >= 3",
         "list in dark mode",
     );
     dark.goto(&format!("{}/#/images/{id_a}?group=5", server.base));

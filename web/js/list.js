@@ -32,7 +32,7 @@ function features(i) {
     const x = NOTABLE.indexOf(a), y = NOTABLE.indexOf(b);
     return (x < 0 ? 99 : x) - (y < 0 ? 99 : y);
   });
-  const shown = f.slice(0, 4);
+  const shown = f.slice(0, 3);
   const type = i.fs_type;
   return h('span', { title: f.join(' ') }, type ? h('b', { style: { marginRight: '4px', fontSize: '12px' } }, type) : null,
     shown.map((x) => h('span.tag', x)), f.length > shown.length ? h('span.muted', ` +${f.length - shown.length}`) : null);
@@ -160,7 +160,7 @@ export async function listPage({ main, query }) {
       h('button', { type: 'button', id: 'page-next', disabled: last >= n, onclick: () => { state.offset += PAGE; sync(); } }, 'Next ›'));
     // Live while anything on the page is still moving through ingest.
     const moving = list.some((i) => ACTIVE.includes(img.status(i)));
-    timer = setTimeout(load, moving ? 1500 : 15000);
+    timer = setTimeout(load, moving ? 1500 : 5000);
   }
 
   async function loadSignatures() {
