@@ -221,6 +221,9 @@ struct Builder<'a> {
     ranges: Vec<Range>,
     findings: Vec<Finding>,
     dropped: u64,
+    /// Tree and indirect blocks the whole build may still read: a bound on
+    /// the work hostile trees (many inodes sharing huge bogus trees) cause.
+    node_budget: u64,
 }
 
 impl Builder<'_> {
@@ -267,6 +270,7 @@ pub fn build(fs: &Filesystem) -> BlockMap {
         ranges: Vec::new(),
         findings: Vec::new(),
         dropped: 0,
+        node_budget: fs.blocks_count().saturating_mul(2).max(1 << 22),
     };
     static_metadata(&mut b);
     inode_metadata(&mut b);
@@ -486,12 +490,16 @@ fn walk_inode(b: &mut Builder, inode: &Inode, treat: Treat) {
     let ino = inode.ino;
     let mut data_runs: Vec<(u64, u64, u64)> = Vec::new();
     let mut events: Vec<MapEvent> = Vec::new();
+    if b.node_budget == 0 {
+        return;
+    }
+    let budget = usize::try_from(b.node_budget.min(1 << 20)).unwrap_or(1 << 20);
     inode::walk_blocks(
         fs,
         inode,
         WalkOptions {
             data: !matches!(treat, Treat::TreeOnly),
-            max_nodes: None,
+            max_nodes: Some(budget),
         },
         &mut |e| match e {
             MapEvent::Data {
@@ -503,6 +511,19 @@ fn walk_inode(b: &mut Builder, inode: &Inode, treat: Treat) {
             other => events.push(other),
         },
     );
+    let nodes = events
+        .iter()
+        .filter(|e| matches!(e, MapEvent::Node { .. }))
+        .count() as u64;
+    b.node_budget = b.node_budget.saturating_sub(nodes);
+    if b.node_budget == 0 {
+        b.problem(
+            "blockmap.budget",
+            "too many extent tree and indirect blocks: the rest of the inodes' trees were not followed".into(),
+            Some(ino),
+            None,
+        );
+    }
     for e in events {
         match e {
             MapEvent::Node { block, kind, .. } => {
