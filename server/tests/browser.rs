@@ -559,6 +559,72 @@ fn dashboard_end_to_end() {
     assert_eq!(r["total"], json!(1), "{r}");
     assert_eq!(r["images"][0]["sha256"], json!(want_sha));
 
+    // Resume from the page: the server already holds the first 4 MiB chunk
+    // of a 9 MiB file (sent through the API); the page asks which ranges are
+    // present, sends only the rest, and completes with the whole SHA-256.
+    let big = tmp.path().join("resume.bin");
+    let data: Vec<u8> = (0..9u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&big, &data).unwrap();
+    let r = server.api(
+        "POST",
+        "/api/v1/uploads",
+        &admin,
+        Some(&json!({"ticket": "WEB-1004", "size": data.len()})),
+    );
+    assert!(r.status < 300, "{}", r.text());
+    let up_id = r.json()["id"].as_str().unwrap().to_string();
+    let first = &data[..4 << 20];
+    let auth = format!("Bearer {admin}");
+    let r = http(
+        "PUT",
+        &format!("{}/api/v1/uploads/{up_id}/chunks/0", server.base),
+        &[
+            ("Authorization", &auth),
+            ("X-Chunk-Sha256", &hex::encode(Sha256::digest(first))),
+        ],
+        first,
+    );
+    assert!(r.status < 300, "{}", r.text());
+    b.goto(&format!("{}/#/upload", server.base));
+    b.refresh(); // a fresh upload page, not the finished one
+    b.wait_for("document.getElementById('up-ticket')", "the upload page");
+    b.type_into(&b.find("#up-ticket"), "WEB-1004");
+    b.type_into(&b.find("#up-file"), big.to_str().unwrap());
+    b.wait_for(
+        "!document.getElementById('up-start').disabled",
+        "a chosen file",
+    );
+    // What an interrupted page upload leaves behind: the upload id, keyed by
+    // ticket and file.
+    b.js(
+        "const f = document.getElementById('up-file').files[0];
+         localStorage.setItem(`upload:WEB-1004:${f.name}:${f.size}:${f.lastModified}`, arguments[0]);",
+        vec![json!(up_id)],
+    );
+    b.click(&b.find("#up-start"));
+    b.wait_for_in(
+        "document.getElementById('up-status').dataset.done === 'true'",
+        "the resumed upload",
+        Duration::from_secs(60),
+    );
+    let seen = b.js("return window.__lastUpload", vec![]);
+    assert_eq!(
+        seen["skipped"],
+        json!(4 << 20),
+        "the held chunk was not sent again: {seen}"
+    );
+    assert_eq!(seen["sent"], json!(5 << 20), "{seen}");
+    let v = server
+        .api("GET", &format!("/api/v1/images/{up_id}"), &admin, None)
+        .json();
+    assert_eq!(
+        v["sha256"],
+        json!(hex::encode(Sha256::digest(&data))),
+        "{v}"
+    );
+
     // Sign out ends the session.
     b.goto(&format!("{}/#/images", server.base));
     b.wait_for("!document.getElementById('who').hidden", "signed in header");

@@ -81,6 +81,7 @@ export async function uploadFile(file, ticket, onProgress, signal) {
   }
   await Promise.all(inflight);
   onProgress({ sent, skipped, total, phase: 'completing' });
+  window.__lastUpload = { id: up.id, sent, skipped, total };
   const done = await api.request('POST', `uploads/${encodeURIComponent(up.id)}/complete`, { body: { sha256: whole.hex() } });
   localStorage.removeItem(key);
   return done;
