@@ -11,6 +11,9 @@
 #   RUNS=5 bench/export.sh          # more rounds (default 3)
 #   ONLY=32g|3t bench/export.sh     # one filesystem only
 #
+# Wall time is only meaningful on an idle machine; CPU time (user+sys) is
+# printed too.
+#
 # Needs e2fsprogs, qemu-img and GNU time; builds with `cargo build --release`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -69,10 +72,11 @@ timeit() { # label, output file, command...
     rm -f "$file"
     local start end
     start=$(date +%s.%N)
-    /usr/bin/time -f "%M" -o "$tmp/rss" "$@" >/dev/null 2>"$tmp/err" || { cat "$tmp/err"; exit 1; }
+    /usr/bin/time -f "%M %U %S" -o "$tmp/rss" "$@" >/dev/null 2>"$tmp/err" || { cat "$tmp/err"; exit 1; }
     end=$(date +%s.%N)
-    awk -v l="$label" -v a="$start" -v b="$end" -v m="$(tail -1 "$tmp/rss")" -v s="$(stat -c %s "$file")" \
-        'BEGIN { printf "  %-34s %8.3f s   peak RSS %7.1f MiB   output %10d bytes (%.1f MB)\n", l, b - a, m / 1024, s, s / 1e6 }'
+    read -r m u sy < <(tail -1 "$tmp/rss")
+    awk -v l="$label" -v a="$start" -v b="$end" -v m="$m" -v u="$u" -v sy="$sy" -v s="$(stat -c %s "$file")" \
+        'BEGIN { printf "  %-40s %7.3f s wall %7.2f s cpu   peak RSS %7.1f MiB   output %10d bytes (%.1f MB)\n", l, b - a, u + sy, m / 1024, s, s / 1e6 }'
 }
 
 bench_one() { # name, image
