@@ -304,6 +304,7 @@ fn dashboard_end_to_end() {
     assert!(msg.as_str().unwrap().contains("not valid"), "{msg}");
     sign_in(&b, &uploader);
     b.wait_for("(e => e && !e.hidden && e.textContent.includes('cannot sign in'))(document.getElementById('signin-error'))", "the uploader refusal");
+    b.screenshot(&screenshots().join("signin-refused.png"));
     let st = b.js_async("return (await fetch('/api/v1/session')).status");
     assert_eq!(st, json!(401), "no session after refused sign-ins");
 
@@ -498,6 +499,11 @@ fn dashboard_end_to_end() {
     );
     b.js("scrollTo(0, 0)", vec![]);
     b.screenshot(&screenshots().join("image.png"));
+    b.resize(1440, 2600);
+    b.screenshot(&screenshots().join("image-full.png"));
+    b.resize(1280, 800);
+    b.screenshot(&screenshots().join("image-laptop.png"));
+    b.resize(1440, 1000);
     b.refresh();
     b.wait_for(
         "document.getElementById('triage-status')",

@@ -42,6 +42,21 @@ function fmtSb(key, v) {
   if (typeof v === 'number' && key === 'filesystem_magic_number') return `0x${v.toString(16).toUpperCase()}`;
   if (typeof v === 'number' && key === 'lifetime_writes') return bytes(v * 1024);
   if (typeof v === 'number' && /_uuid$/.test(key)) return String(v);
+  if (typeof v === 'number' && /(^|_)checksum(_seed)?$|journal_checksum$/.test(key)) return `0x${v.toString(16).padStart(8, '0')}`;
+  if (typeof v === 'number' && key === 'journal_sequence') return `0x${v.toString(16).padStart(8, '0')}`;
+  if (typeof v === 'number' && key === 'total_journal_size') return bytes(v);
+  if (typeof v === 'number' && /_line$|_uid$|_gid$|inode$|_block$/.test(key)) return String(v);
+  return fmtValue(v);
+}
+
+// Inode fields (debugfs stat): times in Unix seconds, mode in octal.
+function fmtInode(key, v) {
+  const k = String(key).toLowerCase();
+  if (typeof v === 'number' && /^(a|c|m|d|cr)time$/.test(k)) return v === 0 ? '0' : `${v} (${when(v)})`;
+  if (typeof v === 'number' && k === 'mode') return `0${v.toString(8)}`;
+  if (typeof v === 'number' && /checksum|flags/.test(k)) return `0x${v.toString(16)}`;
+  if (typeof v === 'number' && /^(size|size_high)$/.test(k)) return `${v} (${bytes(v)})`;
+  if (typeof v === 'number' && /^(uid|gid|links|generation|inode|ino)$|extra|version/.test(k)) return String(v);
   return fmtValue(v);
 }
 
@@ -371,7 +386,7 @@ export async function imagePage({ main, query }, id) {
       inodeBox.dataset.ino = ino;
       const g = groupOfInode(ino, sbMap);
       const body = typeof d === 'string' ? h('pre.inode', d)
-        : h('table.kv', h('tbody', Object.entries(d).map(([k, v]) => h('tr', h('th', humanKey(k)), h('td', typeof v === 'object' && v !== null ? h('pre.inode', JSON.stringify(v, null, 1)) : fmtValue(v))))));
+        : h('table.kv', h('tbody', Object.entries(d).map(([k, v]) => h('tr', h('th', humanKey(k)), h('td', typeof v === 'object' && v !== null ? h('pre.inode', JSON.stringify(v, null, 1)) : fmtInode(k, v))))));
       mount(inodeBox, h('div.row', { style: { marginBottom: '6px' } }, h('b', `Inode ${num(ino)}`),
         g !== null && map ? h('a', { href: '#', onclick: (e) => { e.preventDefault(); gotoGroup(g, { focusMap: true }); } }, `in group ${num(g)}`) : null), body);
     } catch (e) {
