@@ -342,6 +342,13 @@ fn dashboard_end_to_end() {
         Duration::from_secs(60),
     );
 
+    // "Seen before?": a signature filters the list to its images.
+    b.click(&b.find("#signatures button.sig"));
+    b.wait_for(
+        "location.hash.includes('error_function=ext4_mb_generate_buddy') && (r => r.length === 3 && r.every(x => x.innerText.includes('ext4_mb_generate_buddy:1217')))([...document.querySelectorAll('#images tbody tr[data-id]')])",
+        "the list filtered by the error signature",
+    );
+
     // Find the image by ticket.
     b.type_into(&b.find("#f-ticket"), "WEB-1001");
     b.wait_for(
