@@ -1291,3 +1291,72 @@ async fn token_cli_and_expired_uploads() {
     }
     assert!(!data_dir.join(format!("uploads/{id}.part")).exists());
 }
+
+// ------------------------------------------------------- hostile images --
+
+/// Every corrupted filesystem of the shared corpus, made into a QCOW2 by
+/// `qemu-img convert`, plus QCOW2s with broken tables: each ends `ready` or
+/// `failed` with a reason, and the server keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_images_end_ready_or_failed() {
+    let corpus = testkit::corpus_images();
+    let tmp = testkit::tempdir();
+    let server = Server::start(&tmp.path().join("data"), None, &["--workers", "2"]);
+    let admin = server.bootstrap_token();
+    let api = Arc::new(Api::new(&server.url));
+    let mut uploads = Vec::new();
+    for (name, path) in corpus.iter() {
+        let raw = tmp.path().join(format!("{name}.raw"));
+        testkit::decompress(path, &raw);
+        let q = tmp.path().join(format!("{name}.qcow2"));
+        testkit::run(
+            testkit::tool("qemu-img")
+                .args(["convert", "-f", "raw", "-O", "qcow2"])
+                .arg(&raw)
+                .arg(&q),
+        );
+        let _ = std::fs::remove_file(&raw);
+        uploads.push((name.clone(), std::fs::read(&q).unwrap()));
+        let _ = std::fs::remove_file(&q);
+    }
+    // Hand-broken QCOW2s: L1 table offset past the end; refcount table
+    // offset misaligned; a truncated image.
+    let (_, good) = e2image_fixture(tmp.path(), "victim", "8M", 3);
+    let good = std::fs::read(good).unwrap();
+    let mut l1 = good.clone();
+    l1[40..48].copy_from_slice(&(1u64 << 50).to_be_bytes());
+    uploads.push(("l1-past-end".into(), l1));
+    let mut rc = good.clone();
+    rc[48..56].copy_from_slice(&12345u64.to_be_bytes());
+    uploads.push(("refcount-misaligned".into(), rc));
+    uploads.push(("truncated".into(), good[..good.len() / 3].to_vec()));
+    let mut set = tokio::task::JoinSet::new();
+    let sem = Arc::new(tokio::sync::Semaphore::new(4));
+    for (name, data) in uploads {
+        let (api, admin, sem) = (api.clone(), admin.clone(), sem.clone());
+        set.spawn(async move {
+            let _p = sem.acquire().await.unwrap();
+            let id = api.upload(&admin, "HOSTILE-1", &data, 1 << 20).await;
+            let v = api.wait_done(&admin, &id).await;
+            (name, v)
+        });
+    }
+    let mut failed = 0;
+    while let Some(r) = set.join_next().await {
+        let (name, v) = r.unwrap();
+        match v["status"].as_str() {
+            Some("ready") => {}
+            Some("failed") => {
+                failed += 1;
+                assert!(
+                    !v["reason"].as_str().unwrap_or("").is_empty(),
+                    "{name}: {v}"
+                );
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+    assert!(failed >= 3, "the broken QCOW2s must fail");
+    let (st, _) = api.req("GET", "/healthz", None, None).await;
+    assert_eq!(st, 200);
+}
