@@ -347,6 +347,12 @@ fn scrambled_export_leaks_no_marker_and_keeps_e2fsck_verdict() {
             Some(h) => mkfs_with_hash(&img, case.args, &tree, h, dir.path()),
             None => testkit::mkfs(&img, "64M", case.args, Some(&tree)),
         }
+        // mke2fs -d writes linear directories; e2fsck -D indexes them.
+        let _ = testkit::tool("e2fsck")
+            .arg("-fyD")
+            .arg(&img)
+            .output()
+            .unwrap();
         debugfs_w(&img, &cmds);
 
         for corrupt in [false, true] {
@@ -447,4 +453,55 @@ fn scrambled_export_leaks_no_marker_and_keeps_e2fsck_verdict() {
         }
     }
     eprintln!("{report}");
+}
+
+/// Timing of the scrambler against the plain export on a filesystem with
+/// many names in a few htree directories. Not a benchmark of record (those
+/// live in bench/): `cargo test --release -p extfs --test scramble_export
+/// -- --ignored --nocapture`; SCRAMBLE_SPEED_FILES sets the name count.
+#[test]
+#[ignore]
+fn scramble_speed() {
+    let n: usize = std::env::var("SCRAMBLE_SPEED_FILES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let dir = testkit::tempdir();
+    let tree = dir.path().join("tree");
+    let mut rng = XorShift(42);
+    for d in 0..4 {
+        let sub = tree.join(format!("d{d}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        for i in 0..n / 4 {
+            File::create(sub.join(rng.marker(8 + i % 40))).unwrap();
+        }
+    }
+    let img = dir.path().join("fs.img");
+    testkit::mkfs(&img, "4G", &["-t", "ext4"], Some(&tree));
+    let _ = testkit::tool("e2fsck")
+        .arg("-fyD")
+        .arg(&img)
+        .output()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let (_, sum) = export_raw(&img, &mut Identity, dir.path().join("plain.raw"));
+    let plain = t0.elapsed();
+    let t0 = std::time::Instant::now();
+    let mut t = ScrambleTransform::new(ScrambleKey::from_bytes([1; 16]), false);
+    let (out, _) = export_raw(&img, &mut t, dir.path().join("out.raw"));
+    let scr = t0.elapsed();
+    let st = t.stats();
+    let t0 = std::time::Instant::now();
+    testkit::run(
+        testkit::tool("e2image")
+            .arg("-Q")
+            .arg(&img)
+            .arg(dir.path().join("q.qcow2")),
+    );
+    let q = t0.elapsed();
+    eprintln!(
+        "{n} names, {} blocks: plain export {plain:?}, scrambled export {scr:?} (names {}+{} kept {}, {} hashes), e2image -Q {q:?}",
+        sum.mapped_blocks, st.names.canonical, st.names.placed, st.names.kept, st.names.hashes
+    );
+    assert_eq!(count(&std::fs::read(&out).unwrap(), MARKER), 0);
 }

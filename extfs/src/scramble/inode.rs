@@ -77,6 +77,19 @@ fn extent_header_ok(i_block: &[u8]) -> bool {
     entries <= max && max <= room && max >= room.saturating_sub(2)
 }
 
+/// `ext2fs_inode_has_valid_blocks2` for a symlink: whether e2fsprogs reads
+/// i_block as block numbers (then its bytes are structure, not a target).
+fn has_valid_blocks(raw: &[u8]) -> bool {
+    let file_acl = u64::from(le32(raw, 0x68)) | (u64::from(le16(raw, 0x76)) << 32);
+    let i_blocks = u64::from(le32(raw, 0x1C)) | (u64::from(le16(raw, 0x74)) << 32);
+    let size = u64::from(le32(raw, 4));
+    if file_acl == 0 {
+        i_blocks != 0
+    } else {
+        size >= 60 || (size > 4 && le32(raw, 0x28 + 4) == 0)
+    }
+}
+
 /// Whether e2fsck's verdict on this inode is the same when it is all zero:
 /// links 0 (pass 1 skips it), not reserved or special, no dtime problem
 /// (e2fsck reports links 0 with mode set and dtime 0, or a dtime that looks
@@ -174,7 +187,12 @@ fn one_inode(raw: &mut [u8], ino: u32, p: &Params, namer: &mut Namer, stats: &mu
     let old = raw.to_vec();
     let kind = mode & S_IFMT;
     let size = u64::from(le32(raw, 4)) | (u64::from(le32(raw, 0x6C)) << 32);
-    let inline = flags & INLINE_DATA_FL != 0;
+    let inline_flag = flags & INLINE_DATA_FL != 0;
+    // Inline content as e2fsck reads it: the feature is on, and i_block is
+    // not an extent tree (e2fsck inspects those bytes as one when the
+    // extents flag is also set or they carry an extent header).
+    let inline =
+        inline_flag && p.inline_data && flags & EXTENTS_FL == 0 && !extent_header_ok(&raw[I_BLOCK]);
 
     let casefold = flags & CASEFOLD_FL != 0;
     let bs = p.block_size;
@@ -196,7 +214,9 @@ fn one_inode(raw: &mut [u8], ino: u32, p: &Params, namer: &mut Namer, stats: &mu
         let mut on_data = |b: &mut [u8], s: usize, t: usize, namer: &mut Namer| {
             data_seen = true;
             if !inline {
-                b[s..t].fill(0);
+                if !inline_flag {
+                    b[s..t].fill(0); // stale content of an inode no longer inline
+                }
                 return;
             }
             inline_content(b, Some((s, t)), kind, ino, bs, &dir_ctx, namer);
@@ -222,7 +242,13 @@ fn one_inode(raw: &mut [u8], ino: u32, p: &Params, namer: &mut Namer, stats: &mu
             S_IFREG => stats.inline_files += 1,
             _ => {}
         }
-    } else if kind == S_IFLNK && size > 0 && size < 60 && flags & EXTENTS_FL == 0 {
+    } else if kind == S_IFLNK
+        && !inline_flag
+        && size > 0
+        && size < 60
+        && flags & EXTENTS_FL == 0
+        && !has_valid_blocks(raw)
+    {
         // A fast symlink as e2fsck judges one (ext2fs_is_fast_symlink).
         symlink_target(&mut [&mut raw[I_BLOCK]], ino, namer);
         stats.symlinks += 1;

@@ -64,6 +64,9 @@ pub struct Params {
     pub hash_seed: [u32; 4],
     /// `EXT2_FLAGS_UNSIGNED_HASH` is set in `s_flags`.
     pub unsigned_hash: bool,
+    /// The `inline_data` feature is on (e2fsck reads inline content only
+    /// then).
+    pub inline_data: bool,
     /// Inodes the superblock points at (journal, quota, orphan file): never
     /// zeroed whatever they look like.
     pub special_inodes: Vec<u32>,
@@ -96,6 +99,7 @@ impl Params {
             csum_seed: fs.csum_seed(),
             hash_seed,
             unsigned_hash: sb.flags & crate::superblock::FLAGS_UNSIGNED_HASH != 0,
+            inline_data: sb.has_incompat(crate::superblock::incompat::INLINE_DATA),
             special_inodes,
         }
     }

@@ -10,8 +10,9 @@
 //!
 //! What changes: `user.*` and `trusted.*` names (free-form, chosen by
 //! people and programs: keyed lowercase names, unique per owner)
-//! and values, except POSIX ACLs (structure e2fsprogs parses, ids not names)
-//! and `system.data` (inline file content, handed to the caller). Bytes that
+//! and values, except those e2fsprogs parses or that are structure (POSIX
+//! ACLs, `system.*`, richacl, the encryption context; `system.data` is
+//! inline file content, handed to the caller). Bytes that
 //! belong to no entry and no value are zeroed. Entry hashes and the block
 //! hash are recomputed only where they were right before.
 
@@ -26,6 +27,16 @@ const INDEX_TRUSTED: u8 = 4;
 const INDEX_POSIX_ACL_ACCESS: u8 = 2;
 const INDEX_POSIX_ACL_DEFAULT: u8 = 3;
 const INDEX_SYSTEM: u8 = 7;
+/// Values e2fsprogs parses or that are structure rather than content:
+/// POSIX ACLs (2, 3), other `system.*` (7; `system.data` is handled as
+/// inline content), richacl (8) and the encryption context (9).
+const KEEP_VALUES: [u8; 5] = [
+    INDEX_POSIX_ACL_ACCESS,
+    INDEX_POSIX_ACL_DEFAULT,
+    INDEX_SYSTEM,
+    8,
+    9,
+];
 
 /// The xattr magic (`EXT2_EXT_ATTR_MAGIC`).
 pub(crate) const MAGIC: u32 = 0xEA02_0000;
@@ -149,6 +160,13 @@ pub(crate) fn scramble_area(
 ) -> (Vec<u32>, Vec<u32>, bool) {
     let end = end.min(buf.len());
     let (entries, clean) = parse(buf, first, value_base, end);
+    // The entry table (with its terminator when parsed to the end): a
+    // value overlapping it (corruption) is left alone, or zeroing it would
+    // rewrite the entries e2fsck walks.
+    let table_end = entries
+        .last()
+        .map_or(first, |e| e.off + ((e.name_len + 16 + 3) & !3))
+        + if clean { 4 } else { 0 };
     let mut old_hashes = Vec::new();
     let mut new_hashes = Vec::new();
     let mut names_here: HashSet<Vec<u8>> = HashSet::new();
@@ -156,25 +174,41 @@ pub(crate) fn scramble_area(
         let n = e.off + 16;
         names_here.insert(buf[n..n + e.name_len].to_vec());
     }
-    for e in &entries {
+    // Phase 1: what every entry hash is before anything changes (values may
+    // overlap on corrupted filesystems).
+    struct Before {
+        name: Vec<u8>,
+        stored: u32,
+        valid: bool,
+    }
+    let before: Vec<Before> = entries
+        .iter()
+        .map(|e| {
+            let n = e.off + 16;
+            let name = buf[n..n + e.name_len].to_vec();
+            let stored = le32(buf, e.off + 12).unwrap_or(0);
+            let value = e.value.map_or(&[][..], |(s, t)| &buf[s..t]);
+            let valid = (e.value.is_some() || e.value_size == 0)
+                && (stored == value_hash(name_hash(&name, false), value)
+                    || stored == value_hash(name_hash(&name, true), value));
+            Before {
+                name,
+                stored,
+                valid,
+            }
+        })
+        .collect();
+    // Phase 2: names and values.
+    for (e, b) in entries.iter().zip(&before) {
         let n = e.off + 16;
-        let old_name = buf[n..n + e.name_len].to_vec();
-        let stored = le32(buf, e.off + 12).unwrap_or(0);
-        let old_value: Option<Vec<u8>> = e.value.map(|(s, t)| buf[s..t].to_vec());
-        let old_u = value_hash(
-            name_hash(&old_name, false),
-            old_value.as_deref().unwrap_or(&[]),
-        );
-        let old_s = value_hash(
-            name_hash(&old_name, true),
-            old_value.as_deref().unwrap_or(&[]),
-        );
-
-        // The name.
-        if (e.index == INDEX_USER || e.index == INDEX_TRUSTED) && e.name_len > 0 {
+        let old_name = &b.name;
+        // An EA-inode entry's hash chains the EA inode's own hash, which is
+        // not at hand: its name changes only when signedness cannot matter.
+        let ea_ambiguous = e.inum != 0 && old_name.iter().any(|&c| c >= 0x80);
+        if (e.index == INDEX_USER || e.index == INDEX_TRUSTED) && e.name_len > 0 && !ea_ambiguous {
             let mut k = 0u64;
             let new_name = loop {
-                let c = namer.keyed(&old_name, k, &|_| false);
+                let c = namer.keyed(old_name, k, &|_| false);
                 if !names_here.contains(&c) || k > 1000 {
                     break c;
                 }
@@ -182,46 +216,45 @@ pub(crate) fn scramble_area(
             };
             names_here.insert(new_name.clone());
             buf[n..n + e.name_len].copy_from_slice(&new_name);
-            namer.record_xattr_name(owner, &new_name, &old_name);
+            namer.record_xattr_name(owner, &new_name, old_name);
             stats.xattr_names += 1;
         }
-        // The value.
-        if let Some((s, t)) = e.value {
+        if let Some((s, t)) = e.value.filter(|&(s, _)| s >= table_end) {
             let is_data = e.index == INDEX_SYSTEM && old_name == b"data";
             if is_data {
                 let vend = (s + e.value_size).min(t);
                 inline(buf, s, vend, namer);
                 buf[vend..t].fill(0);
-            } else if e.index != INDEX_POSIX_ACL_ACCESS && e.index != INDEX_POSIX_ACL_DEFAULT {
+            } else if !KEEP_VALUES.contains(&e.index) {
                 buf[s..t].fill(0);
                 stats.xattr_values += 1;
             }
         }
-        // The entry hash, only where it was right.
+    }
+    // Phase 3: entry hashes, only where they were right.
+    for (e, b) in entries.iter().zip(&before) {
+        let n = e.off + 16;
         let new_name = buf[n..n + e.name_len].to_vec();
-        let new_value: Option<Vec<u8>> = e.value.map(|(s, t)| buf[s..t].to_vec());
         let new_hash = if e.inum != 0 {
             // EA inode: hash(name) chained with the EA inode's value hash,
             // which cancels out of the difference.
-            let d = name_hash(&old_name, false) ^ name_hash(&new_name, false);
-            Some(stored ^ d.rotate_left(VALUE_HASH_SHIFT))
-        } else if e.value.is_some() || e.value_size == 0 {
-            let h = value_hash(
-                name_hash(&new_name, false),
-                new_value.as_deref().unwrap_or(&[]),
-            );
-            (stored == old_u || stored == old_s).then_some(h)
+            let d = name_hash(&b.name, false) ^ name_hash(&new_name, false);
+            Some(b.stored ^ d.rotate_left(VALUE_HASH_SHIFT))
+        } else if b.valid {
+            let value = e.value.map_or(&[][..], |(s, t)| &buf[s..t]);
+            Some(value_hash(name_hash(&new_name, false), value))
         } else {
             None
         };
-        old_hashes.push(stored);
-        if let Some(h) = new_hash {
-            if h != stored {
-                buf[e.off + 12..e.off + 16].copy_from_slice(&h.to_le_bytes());
+        old_hashes.push(b.stored);
+        match new_hash {
+            Some(h) => {
+                if h != b.stored {
+                    buf[e.off + 12..e.off + 16].copy_from_slice(&h.to_le_bytes());
+                }
+                new_hashes.push(h);
             }
-            new_hashes.push(h);
-        } else {
-            new_hashes.push(stored);
+            None => new_hashes.push(b.stored),
         }
     }
     if clean {
