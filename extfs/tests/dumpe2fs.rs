@@ -249,7 +249,7 @@ fn parse_groups(text: &str, cluster_ratio: u64) -> Vec<BTreeMap<&'static str, Va
     let word_after = |line: &str, pat: &str| -> Option<String> {
         line.find(pat).map(|i| {
             line[i + pat.len()..]
-                .split(|c: char| c == ',' || c == ' ')
+                .split([',', ' '])
                 .next()
                 .unwrap()
                 .to_string()
