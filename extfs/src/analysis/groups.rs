@@ -338,7 +338,7 @@ fn base_stats(
         inode_bitmap_checksum: metadata_csum.then(|| d.inode_bitmap_csum()),
         inode_bitmap_checksum_expected: None,
         inode_table: d.inode_table(),
-        inode_table_last: (d.inode_table() + ibpg).saturating_sub(1),
+        inode_table_last: d.inode_table().saturating_add(ibpg).saturating_sub(1),
         free_blocks: d.free_blocks_count(),
         free_inodes: d.free_inodes_count(),
         directories: d.used_dirs_count(),
