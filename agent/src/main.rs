@@ -5,6 +5,10 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 mod cmd;
+mod pipeline;
+mod progress;
+mod state;
+mod upload;
 
 /// Collect ext2/3/4 filesystem metadata for a support case.
 #[derive(Parser)]
