@@ -376,7 +376,7 @@ fn static_metadata(b: &mut Builder) {
             };
             b.add(table, used, BlockKind::InodeTable { group: g });
             b.add(
-                table + used,
+                table.saturating_add(used),
                 end - used,
                 BlockKind::InodeTableUnused { group: g },
             );
