@@ -11,10 +11,17 @@ size_mib=${1:-1024}
 out=bench/out/upload
 rm -rf "$out" && mkdir -p "$out"
 
-cargo build --release -q -p support-server --bin support-server --example upload
+# PROFILE=debug uses the dev profile (dependencies such as sha2 and hyper
+# are still built with opt-level 3 there), for a quick run.
+profile=${PROFILE:-release}
+if [ "$profile" = release ]; then
+    cargo build --release -q -p support-server --bin support-server --example upload
+else
+    cargo build -q -p support-server --bin support-server --example upload
+fi
 tdir=${CARGO_TARGET_DIR:-target}
-bin=$tdir/release/support-server
-client=$tdir/release/examples/upload
+bin=$tdir/$profile/support-server
+client=$tdir/$profile/examples/upload
 
 run_one() { # MIB -> prints "seconds peak_rss_kib sha256sum_seconds"
     local mib=$1 dir="$out/$1"
