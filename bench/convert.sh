@@ -60,7 +60,7 @@ PY
 fi
 
 cargo build --release -q -p support-agent
-AGENT=target/release/support-agent
+AGENT="${CARGO_TARGET_DIR:-target}/release/support-agent"
 ls -l "$QCOW"
 qemu-img --version | head -1
 

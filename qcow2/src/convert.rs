@@ -120,8 +120,13 @@ fn load_job<R: ReadAt>(
     buf: &mut Vec<u8>,
     scratch: &mut Vec<u8>,
 ) -> Result<()> {
-    buf.clear();
-    buf.resize(job.len as usize, 0);
+    // Every byte of a job is covered by one of its runs and overwritten
+    // below, so a reused buffer needs no zeroing.
+    if buf.len() < job.len as usize {
+        buf.resize(job.len as usize, 0);
+    } else {
+        buf.truncate(job.len as usize);
+    }
     let cs = image.cluster_size();
     let mut i = 0;
     while i < job.runs.len() {
@@ -181,7 +186,7 @@ fn load_job<R: ReadAt>(
             Backing::Data { host } => {
                 image.read_host(host, &mut buf[s..s + r.len as usize])?;
             }
-            Backing::Zero | Backing::Unallocated => {}
+            Backing::Zero | Backing::Unallocated => buf[s..s + r.len as usize].fill(0),
         }
         i += 1;
     }
@@ -338,11 +343,19 @@ fn pipeline<R: ReadAt>(
 }
 
 /// Converts to a sparse raw file: sets its length to the virtual size and
-/// writes only stored, non-zero 4 KiB blocks. `out` should be empty.
+/// writes only stored, non-zero 4 KiB blocks. Give it a new, empty file
+/// (not one opened with `O_TRUNC`, which makes ext4 flush it on close).
 pub fn to_raw<R: ReadAt>(image: &Image<R>, out: &File) -> Result<ConvertStats> {
-    out.set_len(0)
-        .and_then(|_| out.set_len(image.virtual_size()))
-        .map_err(|e| Error::io("sizing the raw output", e))?;
+    // Truncating to zero only when needed: ext4 flushes a file that was
+    // truncated to zero and rewritten when it is closed (auto_da_alloc),
+    // which costs more than the whole conversion.
+    let sized = |out: &File| -> std::io::Result<()> {
+        if out.metadata()?.len() != 0 {
+            out.set_len(0)?;
+        }
+        out.set_len(image.virtual_size())
+    };
+    sized(out).map_err(|e| Error::io("sizing the raw output", e))?;
     // qemu allocates the first block of every raw file it creates (to probe
     // alignment later); do the same so holes match `qemu-img convert`.
     let first = if image.virtual_size() >= 4096 {

@@ -26,11 +26,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         qcow2::convert::to_raw_stream(&image, BufWriter::with_capacity(1 << 20, stdout))
             .with_context(|| format!("cannot convert {}", args.input.display()))?;
     } else {
+        // Replace a regular file by a new one rather than truncating it:
+        // ext4 flushes a truncated-then-rewritten file on close.
+        if std::fs::symlink_metadata(&args.output).is_ok_and(|m| m.is_file()) {
+            std::fs::remove_file(&args.output)
+                .with_context(|| format!("cannot replace {}", args.output.display()))?;
+        }
         let out = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
-            .truncate(true)
+            .truncate(false)
             .open(&args.output)
             .with_context(|| format!("cannot create {}", args.output.display()))?;
         qcow2::convert::to_raw(&image, &out).with_context(|| {
