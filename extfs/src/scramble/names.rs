@@ -210,9 +210,9 @@ struct Pool {
 pub struct Namer {
     key: ScrambleKey,
     /// (dir, fingerprint of a name present in the scrambled dir).
-    used: HashSet<(u32, u64)>,
+    used: HashSet<(u32, u64), FpBuild>,
     /// (dir, fingerprint of an original) -> index into `map.entries`.
-    memo: HashMap<(u32, u64), usize>,
+    memo: HashMap<(u32, u64), usize, FpBuild>,
     /// Pools by (hash version, length, wide charset).
     pools: HashMap<(u8, usize, u8), Pool>,
     pool_entries: usize,
@@ -225,8 +225,8 @@ impl Namer {
     pub fn new(key: ScrambleKey) -> Namer {
         Namer {
             key,
-            used: HashSet::new(),
-            memo: HashMap::new(),
+            used: HashSet::default(),
+            memo: HashMap::default(),
             pools: HashMap::new(),
             pool_entries: 0,
             map: NameMap::default(),
@@ -429,20 +429,12 @@ impl Namer {
                     self.pools.insert(key, pool);
                 }
                 let space = small_space(len, wide, ctx.casefold);
-                let hits: Vec<u64> = self
-                    .pools
-                    .get(&key)
-                    .map(|p| {
-                        p.set
-                            .range((a, 0)..=(b, u64::MAX))
-                            .map(|&(_, i)| i)
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                for i in hits {
-                    let c = space.name(i);
-                    if !is_kept_name(&c) && !self.is_used(ctx.dir, &c) {
-                        return Some(c);
+                if let Some(p) = self.pools.get(&key) {
+                    for &(_, i) in p.set.range((a, 0)..=(b, u64::MAX)) {
+                        let c = space.name(i);
+                        if !is_kept_name(&c) && !self.is_used(ctx.dir, &c) {
+                            return Some(c);
+                        }
                     }
                 }
             }
@@ -450,18 +442,17 @@ impl Namer {
         }
         // Longer names: the pool of keyed candidates of this length.
         let key = (v, len, 0);
-        let hits: Vec<u64> = self
+        // Each candidate serves once: taken ones leave the pool, so the
+        // first one in range is nearly always free.
+        while let Some(&(h, i)) = self
             .pools
             .get(&key)
-            .map(|p| {
-                p.set
-                    .range((a, 0)..=(b, u64::MAX))
-                    .map(|&(_, i)| i)
-                    .take(4096)
-                    .collect()
-            })
-            .unwrap_or_default();
-        for i in hits {
+            .and_then(|p| p.set.range((a, 0)..=(b, u64::MAX)).next())
+        {
+            if let Some(p) = self.pools.get_mut(&key) {
+                p.set.remove(&(h, i));
+                self.pool_entries = self.pool_entries.saturating_sub(1);
+            }
             let c = self.pool_name(v, len, i);
             if !self.is_used(ctx.dir, &c) {
                 return Some(c);
@@ -478,7 +469,6 @@ impl Namer {
             self.stats.hashes += 1;
             if a <= h && h <= b && !self.is_used(ctx.dir, &c) {
                 found = Some(c);
-                fresh.push((h, i));
                 break;
             }
             if self.pool_entries + fresh.len() < POOL_CAP {
@@ -518,6 +508,37 @@ impl Namer {
             replacement: Name::from_bytes(replacement),
             original: Name::from_bytes(original),
         });
+    }
+}
+
+/// Hasher for keys that are already keyed-PRF fingerprints: mixing the
+/// words is enough (and much cheaper than SipHash again).
+#[derive(Default, Clone, Copy)]
+struct FpBuild;
+
+impl std::hash::BuildHasher for FpBuild {
+    type Hasher = FpHasher;
+    fn build_hasher(&self) -> FpHasher {
+        FpHasher(0)
+    }
+}
+
+struct FpHasher(u64);
+
+impl std::hash::Hasher for FpHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.0 = (self.0 ^ u64::from(v)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(29) ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
 }
 
