@@ -358,7 +358,10 @@ fn collect_survives_a_proxy_that_cuts_connections() {
     if !have_tools() {
         return;
     }
-    let s = slow(0, 700_000);
+    // The test image is a few MB: cut every connection after 256 KiB so
+    // each worker's connection is cut several times.
+    let s = slow(0, 256 << 10);
+    eprintln!("image of {} bytes", s.size);
     let (ok, v, err) = run_agent(
         collect(
             &s.fs_img,
@@ -366,7 +369,8 @@ fn collect_survives_a_proxy_that_cuts_connections() {
             &s.up,
             &s.dir.path().join("state"),
         )
-        .args(&s.flags),
+        .args(&s.flags)
+        .args(["--jobs", "2"]),
     );
     assert!(ok, "collect failed: {err}");
     let cuts = s.proxy.cuts.load(std::sync::atomic::Ordering::Relaxed);

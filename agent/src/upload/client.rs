@@ -41,8 +41,6 @@ pub struct ByteRange {
 pub struct Limits {
     /// Largest chunk.
     pub max_chunk_size: u64,
-    /// Largest image.
-    pub max_image_size: u64,
     /// Suggested parallel requests.
     pub concurrency: u32,
 }
@@ -52,8 +50,6 @@ pub struct Limits {
 pub struct UploadView {
     /// Upload id (also the image id).
     pub id: String,
-    /// Ticket.
-    pub ticket: String,
     /// `uploading`, then the image's status.
     pub status: String,
     /// Ranges held.
