@@ -19,6 +19,7 @@
 //! metadata_csum, `dx_tail { dt_reserved u32, dt_checksum u32 }` follows
 //! `limit` entries.
 
+use crate::bytes::{le16, le32};
 use crate::checksum::crc32c;
 use crate::inode::{self, BlockRead, Inode, MapEvent, WalkOptions};
 use serde::Serialize;
@@ -55,18 +56,6 @@ pub fn rec_len(raw: u16, block_size: usize) -> usize {
     } else {
         (raw as usize & 65532) | ((raw as usize & 3) << 16)
     }
-}
-
-fn le16(b: &[u8], off: usize) -> u16 {
-    b.get(off..off + 2)
-        .map(|s| u16::from_le_bytes([s[0], s[1]]))
-        .unwrap_or(0)
-}
-
-fn le32(b: &[u8], off: usize) -> u32 {
-    b.get(off..off + 4)
-        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-        .unwrap_or(0)
 }
 
 /// Whether a leaf block ends with a checksum tail entry.

@@ -15,6 +15,7 @@
 //! A block node ends with `ext4_extent_tail { et_checksum u32 }` right after
 //! `eh_max` entries.
 
+use crate::bytes::{le16, le32};
 use crate::checksum::crc32c;
 
 /// `eh_magic`.
@@ -90,18 +91,6 @@ impl std::fmt::Display for NodeError {
             NodeError::BadDepth(d) => write!(f, "extent depth {d} is too deep"),
         }
     }
-}
-
-fn le16(b: &[u8], off: usize) -> u16 {
-    b.get(off..off + 2)
-        .map(|s| u16::from_le_bytes([s[0], s[1]]))
-        .unwrap_or(0)
-}
-
-fn le32(b: &[u8], off: usize) -> u32 {
-    b.get(off..off + 4)
-        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-        .unwrap_or(0)
 }
 
 /// Decodes and checks the header of a node held in `node` (60 bytes for the

@@ -5,6 +5,7 @@
 //! `lib/ext2fs/ext2_fs.h`. The `_hi` halves exist only with the `64bit`
 //! feature and a descriptor of at least 64 bytes; otherwise they read as 0.
 
+use crate::bytes::{le16, le32};
 use crate::checksum::{crc16, crc32c};
 
 /// `bg_flags`: inode table and bitmap not initialised.
@@ -20,17 +21,6 @@ pub const DESC_SIZE_32: usize = 32;
 pub const DESC_SIZE_64: usize = 64;
 /// Offset of `bg_checksum`, excluded from the CRC16 and zeroed for CRC32C.
 pub const CHECKSUM_OFFSET: usize = 0x1E;
-
-fn le16(b: &[u8], off: usize) -> u16 {
-    b.get(off..off + 2)
-        .map(|s| u16::from_le_bytes([s[0], s[1]]))
-        .unwrap_or(0)
-}
-fn le32(b: &[u8], off: usize) -> u32 {
-    b.get(off..off + 4)
-        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-        .unwrap_or(0)
-}
 
 /// One block group descriptor, fields as stored.
 ///

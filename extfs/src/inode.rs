@@ -22,6 +22,7 @@
 //! |     |  | 144 | i_crtime, 148 i_crtime_extra |
 //! |     |  | 152 | i_version_hi, 156 i_projid |
 
+use crate::bytes::{le16, le32};
 use crate::checksum::crc32c;
 use crate::extent;
 use std::collections::HashSet;
@@ -76,18 +77,6 @@ pub mod mode {
 pub const I_BLOCK_LEN: usize = 60;
 /// `EXT4_GOOD_OLD_INODE_SIZE`.
 pub const GOOD_OLD_SIZE: usize = 128;
-
-fn le16(b: &[u8], off: usize) -> u16 {
-    b.get(off..off + 2)
-        .map(|s| u16::from_le_bytes([s[0], s[1]]))
-        .unwrap_or(0)
-}
-
-fn le32(b: &[u8], off: usize) -> u32 {
-    b.get(off..off + 4)
-        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-        .unwrap_or(0)
-}
 
 /// One decoded inode, with its raw bytes (the inode-size record).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

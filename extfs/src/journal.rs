@@ -9,6 +9,7 @@
 //! (extent tree or direct pointer), kept private here so the summary does
 //! not depend on the full inode reader.
 
+use crate::bytes::{le16, le32};
 use crate::checksum::crc32c;
 use crate::fs::Filesystem;
 use crate::superblock::uuid_string;
@@ -249,17 +250,6 @@ const EXTENTS_FL: u32 = 0x0008_0000;
 const EXT_MAGIC: u16 = 0xF30A;
 /// Deepest extent tree the kernel allows.
 const MAX_EXTENT_DEPTH: u16 = 5;
-
-fn le16(b: &[u8], off: usize) -> u16 {
-    b.get(off..off + 2)
-        .map(|s| u16::from_le_bytes([s[0], s[1]]))
-        .unwrap_or(0)
-}
-fn le32(b: &[u8], off: usize) -> u32 {
-    b.get(off..off + 4)
-        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-        .unwrap_or(0)
-}
 
 /// Physical block of logical block 0 of inode `ino`: direct pointer 0 for
 /// block-mapped inodes, or a walk down the extent tree.

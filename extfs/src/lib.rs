@@ -11,6 +11,8 @@
 pub mod analysis;
 /// Which blocks of a filesystem are metadata (what an export includes).
 pub mod blockmap;
+/// Little-endian field reads that never panic on short input.
+mod bytes;
 /// CRC32C and CRC16 as ext2/3/4 computes them.
 pub mod checksum;
 /// Directory entries: linear blocks, htree (dx) nodes, inline directories.

@@ -7,6 +7,7 @@
 //! is separate ([`Superblock::geometry_problem`]) so a damaged superblock can
 //! still be shown.
 
+use crate::bytes::{le16, le32, le64};
 use crate::checksum::crc32c;
 
 /// Byte offset of the primary superblock on the device.
@@ -236,19 +237,6 @@ fn mntopt_name(mask: u32) -> String {
     }
 }
 
-fn le16(b: &[u8], off: usize) -> u16 {
-    b.get(off..off + 2)
-        .map(|s| u16::from_le_bytes([s[0], s[1]]))
-        .unwrap_or(0)
-}
-fn le32(b: &[u8], off: usize) -> u32 {
-    b.get(off..off + 4)
-        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-        .unwrap_or(0)
-}
-fn le64(b: &[u8], off: usize) -> u64 {
-    u64::from(le32(b, off)) | (u64::from(le32(b, off + 4)) << 32)
-}
 fn arr<const N: usize>(b: &[u8], off: usize) -> [u8; N] {
     let mut out = [0u8; N];
     if let Some(s) = b.get(off..off + N) {

@@ -14,6 +14,7 @@
 //! value), `e_value_size u32 @8`, `e_hash u32 @12`, name from 16, padded to
 //! 4 bytes. A zero u32 ends the list.
 
+use crate::bytes::{le16, le32};
 use crate::checksum::crc32c;
 use serde::Serialize;
 
@@ -23,18 +24,6 @@ pub const MAGIC: u32 = 0xEA02_0000;
 pub const BLOCK_HEADER: usize = 32;
 /// Size of an entry before its name.
 pub const ENTRY_HEADER: usize = 16;
-
-fn le16(b: &[u8], off: usize) -> u16 {
-    b.get(off..off + 2)
-        .map(|s| u16::from_le_bytes([s[0], s[1]]))
-        .unwrap_or(0)
-}
-
-fn le32(b: &[u8], off: usize) -> u32 {
-    b.get(off..off + 4)
-        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-        .unwrap_or(0)
-}
 
 /// One attribute entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
