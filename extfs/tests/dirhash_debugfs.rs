@@ -4,7 +4,6 @@
 
 use extfs::hash::{dirhash, HashVersion};
 use std::io::Write;
-use std::process::Stdio;
 
 /// A tiny deterministic generator so failures reproduce.
 struct XorShift(u64);
