@@ -916,10 +916,21 @@ async fn story_on_postgresql() {
 // ------------------------------------------------------- crash and load --
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sigkill_mid_upload_loses_no_acknowledged_chunk() {
+async fn sigkill_mid_upload_loses_no_acknowledged_chunk_on_sqlite() {
+    sigkill_mid_upload(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_mid_upload_loses_no_acknowledged_chunk_on_postgresql() {
+    let Some(pg) = Pg::start() else { return };
+    let url = pg.url("sigkill");
+    sigkill_mid_upload(Some(&url)).await;
+}
+
+async fn sigkill_mid_upload(db_url: Option<&str>) {
     let tmp = testkit::tempdir();
     let data_dir = tmp.path().join("data");
-    let mut server = Server::start(&data_dir, None, &[]);
+    let mut server = Server::start(&data_dir, db_url, &[]);
     let admin = server.bootstrap_token();
     let (_, q) = e2image_fixture(tmp.path(), "crash", "16M", 5);
     let data = std::fs::read(&q).unwrap();
@@ -997,9 +1008,20 @@ async fn sigkill_mid_upload_loses_no_acknowledged_chunk() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn twenty_concurrent_uploads_all_complete() {
+async fn twenty_concurrent_uploads_all_complete_on_sqlite() {
+    twenty_concurrent_uploads(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_concurrent_uploads_all_complete_on_postgresql() {
+    let Some(pg) = Pg::start() else { return };
+    let url = pg.url("twenty");
+    twenty_concurrent_uploads(Some(&url)).await;
+}
+
+async fn twenty_concurrent_uploads(db_url: Option<&str>) {
     let tmp = testkit::tempdir();
-    let server = Server::start(&tmp.path().join("data"), None, &["--workers", "2"]);
+    let server = Server::start(&tmp.path().join("data"), db_url, &["--workers", "2"]);
     let admin = server.bootstrap_token();
     let api = Arc::new(Api::new(&server.url));
     // Different images: one mke2fs, twenty e2image -Q with different labels
