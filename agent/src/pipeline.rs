@@ -191,7 +191,7 @@ pub fn report_summary(summary: &Summary) {
     }
     if !summary.findings.is_empty() {
         eprintln!(
-            "support-agent: {} damaged structures were met and skipped",
+            "support-agent: {} damaged structures were met and skipped (`export --json` lists them)",
             summary.findings.len()
         );
     }

@@ -173,22 +173,7 @@ pub fn export(args: &Args) -> anyhow::Result<extfs::export::Summary> {
     tmp.persist(&args.output)
         .with_context(|| format!("cannot write {out_name}"))?;
 
-    for note in &summary.notes {
-        eprintln!("support-agent: {note}");
-    }
-    if !summary.unreadable.is_empty() {
-        let n: u64 = summary.unreadable.iter().map(|r| r.1).sum();
-        eprintln!(
-            "support-agent: warning: {n} metadata blocks could not be read and are missing from the image (first at block {})",
-            summary.unreadable[0].0
-        );
-    }
-    if !summary.findings.is_empty() {
-        eprintln!(
-            "support-agent: {} damaged structures were met and skipped (see --json for the list)",
-            summary.findings.len()
-        );
-    }
+    crate::pipeline::report_summary(&summary);
     eprintln!(
         "support-agent: exported {} metadata blocks ({} stored) of {} to {out_name}",
         summary.mapped_blocks, summary.written_blocks, src_name
