@@ -249,13 +249,7 @@ fn killed_collect_resumes_and_resends_at_most_a_quarter() {
         .spawn()
         .unwrap();
     let t0 = Instant::now();
-    let id = loop {
-        if let Some(id) = state_upload_id(&state) {
-            break id;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(60), "no state file");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let id = wait_upload_id(&state);
     loop {
         let got = received(&s.server, &id, &s.up);
         if got * 2 >= s.size {
@@ -329,13 +323,7 @@ fn collect_waits_for_a_server_stopped_for_ten_seconds() {
         .spawn()
         .unwrap();
     let t0 = Instant::now();
-    let id = loop {
-        if let Some(id) = state_upload_id(&state) {
-            break id;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(60));
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let id = wait_upload_id(&state);
     while received(&s.server, &id, &s.up) * 3 < s.size {
         assert!(t0.elapsed() < Duration::from_secs(120));
         std::thread::sleep(Duration::from_millis(20));

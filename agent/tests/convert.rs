@@ -3,9 +3,10 @@
 //! (qemu-img cluster sizes, compat levels, refcount widths, zlib/zstd
 //! compression, extended L2, zero clusters, and `e2image -Q`).
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use testkit::{data_blocks, noise};
 
 fn agent() -> Command {
     Command::new(env!("CARGO_BIN_EXE_support-agent"))
@@ -19,18 +20,6 @@ fn have_tools() -> bool {
         eprintln!("skipping: qemu-img, qemu-io, mke2fs or e2image is not installed");
     }
     ok
-}
-
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 /// A populated ext4 filesystem (raw) to build images from.
@@ -57,27 +46,6 @@ fn fs_image(dir: &Path, size: &str) -> PathBuf {
 }
 
 /// 4 KiB blocks holding data, from SEEK_DATA/SEEK_HOLE.
-fn data_blocks(path: &Path) -> Vec<(u64, u64)> {
-    use rustix::fs::{seek, SeekFrom};
-    let f = File::open(path).unwrap();
-    let size = f.metadata().unwrap().len();
-    let mut out: Vec<(u64, u64)> = Vec::new();
-    let mut pos = 0;
-    while pos < size {
-        let Ok(d) = seek(&f, SeekFrom::Data(pos)) else {
-            break;
-        };
-        let h = seek(&f, SeekFrom::Hole(d)).unwrap();
-        let (s, e) = (d / 4096 * 4096, h.div_ceil(4096) * 4096);
-        match out.last_mut() {
-            Some(l) if l.1 >= s => l.1 = l.1.max(e),
-            _ => out.push((s, e)),
-        }
-        pos = h;
-    }
-    out
-}
-
 fn same_bytes(a: &[u8], b: &[u8], what: &str) {
     assert_eq!(a.len(), b.len(), "{what}: lengths differ");
     if let Some(i) = a.iter().zip(b).position(|(x, y)| x != y) {

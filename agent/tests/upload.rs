@@ -101,13 +101,7 @@ fn killed_upload_resumes_sending_only_the_rest() {
         .spawn()
         .unwrap();
     let t0 = Instant::now();
-    let id = loop {
-        if let Some(id) = state_upload_id(&state) {
-            break id;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(60));
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let id = wait_upload_id(&state);
     let received = || -> u64 {
         http()
             .get(format!("{}/api/v1/uploads/{id}", server.url()))

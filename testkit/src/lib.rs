@@ -133,3 +133,40 @@ pub fn tempdir() -> tempfile::TempDir {
         .tempdir()
         .expect("create temp dir")
 }
+
+/// Deterministic pseudo-random bytes (xorshift), for file contents that
+/// neither compress nor repeat.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Data segments `(start, end)` of a file, from SEEK_DATA/SEEK_HOLE, rounded
+/// out to 4 KiB blocks: how tests compare the holes of two sparse files.
+pub fn data_blocks(path: &Path) -> Vec<(u64, u64)> {
+    use rustix::fs::{seek, SeekFrom};
+    let f = std::fs::File::open(path).expect("open file to map");
+    let size = f.metadata().expect("stat file to map").len();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    let mut pos = 0;
+    while pos < size {
+        let Ok(d) = seek(&f, SeekFrom::Data(pos)) else {
+            break;
+        };
+        let h = seek(&f, SeekFrom::Hole(d)).expect("SEEK_HOLE after SEEK_DATA");
+        let (s, e) = (d / 4096 * 4096, h.div_ceil(4096) * 4096);
+        match out.last_mut() {
+            Some(l) if l.1 >= s => l.1 = l.1.max(e),
+            _ => out.push((s, e)),
+        }
+        pos = h;
+    }
+    out
+}

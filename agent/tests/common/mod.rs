@@ -443,3 +443,19 @@ pub fn files_under(dir: &Path) -> Vec<(PathBuf, u64)> {
     }
     out
 }
+
+/// Waits (up to 60 s) until a running agent has recorded its upload id in
+/// the state directory, and returns it.
+pub fn wait_upload_id(state_dir: &Path) -> String {
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Some(id) = state_upload_id(state_dir) {
+            return id;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(60),
+            "the agent recorded no upload id within 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

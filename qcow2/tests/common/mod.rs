@@ -2,8 +2,10 @@
 //! from, the qemu-img variants, and a hole map through SEEK_DATA/SEEK_HOLE.
 #![allow(dead_code)]
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
+
+#[allow(unused_imports)] // each test binary uses its own subset
+pub use testkit::{data_blocks, noise};
 
 /// Whether the reference tools are present; tests skip (with a message)
 /// otherwise.
@@ -18,18 +20,6 @@ pub fn have_tools() -> bool {
 }
 
 /// Deterministic pseudo-random bytes.
-pub fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 /// A directory tree with random, compressible, sparse-ish and tiny files.
 pub fn populate(dir: &Path) {
     std::fs::create_dir_all(dir.join("d/e")).unwrap();
@@ -166,29 +156,7 @@ pub fn zero_variants() -> Vec<(&'static str, Vec<&'static str>, Vec<&'static str
     ]
 }
 
-/// Data segments `(start, end)` of a file, from SEEK_DATA/SEEK_HOLE, rounded
-/// out to 4 KiB blocks.
-pub fn data_blocks(path: &Path) -> Vec<(u64, u64)> {
-    use rustix::fs::{seek, SeekFrom};
-    let f = File::open(path).unwrap();
-    let size = f.metadata().unwrap().len();
-    let mut out: Vec<(u64, u64)> = Vec::new();
-    let mut pos = 0;
-    while pos < size {
-        let Ok(d) = seek(&f, SeekFrom::Data(pos)) else {
-            break;
-        };
-        let h = seek(&f, SeekFrom::Hole(d)).unwrap();
-        let (s, e) = (d / 4096 * 4096, h.div_ceil(4096) * 4096);
-        match out.last_mut() {
-            Some(l) if l.1 >= s => l.1 = l.1.max(e),
-            _ => out.push((s, e)),
-        }
-        pos = h;
-    }
-    out
-}
-
+/// Data segments `(star
 /// Asserts two files are byte-identical, naming the first difference.
 pub fn assert_same(a: &Path, b: &Path, what: &str) {
     let x = std::fs::read(a).unwrap();
