@@ -296,6 +296,27 @@ impl Config {
     }
 }
 
+/// Every environment variable `support-server` reads: the variable of each
+/// flag of every subcommand, plus `RUST_LOG` (log filter). Deployment files
+/// (docker-compose.yml, the Dockerfile) are checked against this list.
+pub fn env_names() -> Vec<String> {
+    use clap::CommandFactory;
+    fn walk(cmd: &clap::Command, out: &mut std::collections::BTreeSet<String>) {
+        for a in cmd.get_arguments() {
+            if let Some(e) = a.get_env() {
+                out.insert(e.to_string_lossy().into_owned());
+            }
+        }
+        for s in cmd.get_subcommands() {
+            walk(s, out);
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    walk(&Cli::command(), &mut out);
+    out.insert("RUST_LOG".into());
+    out.into_iter().collect()
+}
+
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
@@ -350,5 +371,18 @@ mod tests {
         assert_eq!(c.workers, 1);
         assert_eq!(c.upload_ttl, 7200);
         assert_eq!(c.max_chunk_size, 8 << 20);
+    }
+
+    #[test]
+    fn env_names_cover_every_subcommand() {
+        let names = env_names();
+        for n in [
+            "DATABASE_URL",
+            "SUPPORT_DATA_DIR",
+            "SUPPORT_LISTEN",
+            "RUST_LOG",
+        ] {
+            assert!(names.iter().any(|x| x == n), "{n} missing from {names:?}");
+        }
     }
 }
