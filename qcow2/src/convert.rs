@@ -43,6 +43,40 @@ struct Job {
     runs: Vec<HostExtent>,
 }
 
+/// Alignment of job buffers. Almost all of a conversion's time is the
+/// kernel copying between user memory and the page cache, and its copy
+/// routines are fastest on page-aligned buffers (glibc's large allocations
+/// start 16 bytes into a page); qemu-img aligns its buffers the same way.
+const BUF_ALIGN: usize = 4096;
+
+/// A reusable job buffer whose bytes start on a page boundary.
+#[derive(Default)]
+struct AlignedBuf {
+    raw: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    /// Makes the buffer `len` bytes long (contents unspecified: every byte
+    /// of a job is overwritten by `load_job`).
+    fn set_len(&mut self, len: usize) {
+        if self.raw.len() < len + BUF_ALIGN {
+            self.raw = vec![0u8; len + BUF_ALIGN];
+            self.start = self.raw.as_ptr().align_offset(BUF_ALIGN).min(BUF_ALIGN);
+        }
+        self.len = len;
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.raw[self.start..self.start + self.len]
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.raw[self.start..self.start + self.len]
+    }
+}
+
 /// Cuts the stored parts of the guest space into jobs, in guest order.
 fn produce_jobs<R: ReadAt>(
     image: &Image<R>,
@@ -117,16 +151,13 @@ fn produce_jobs<R: ReadAt>(
 fn load_job<R: ReadAt>(
     image: &Image<R>,
     job: &Job,
-    buf: &mut Vec<u8>,
+    buf: &mut AlignedBuf,
     scratch: &mut Vec<u8>,
 ) -> Result<()> {
     // Every byte of a job is covered by one of its runs and overwritten
     // below, so a reused buffer needs no zeroing.
-    if buf.len() < job.len as usize {
-        buf.resize(job.len as usize, 0);
-    } else {
-        buf.truncate(job.len as usize);
-    }
+    buf.set_len(job.len as usize);
+    let buf = buf.as_mut_slice();
     let cs = image.cluster_size();
     let mut i = 0;
     while i < job.runs.len() {
@@ -257,8 +288,8 @@ fn pipeline<R: ReadAt>(
     let n = threads();
     let (tx, rx) = mpsc::sync_channel::<Job>(n * 2);
     let rx = Mutex::new(rx);
-    let (done_tx, done_rx) = mpsc::sync_channel::<(u64, u64, Result<Vec<u8>>)>(n * 2);
-    let (pool_tx, pool_rx) = mpsc::channel::<Vec<u8>>();
+    let (done_tx, done_rx) = mpsc::sync_channel::<(u64, u64, Result<AlignedBuf>)>(n * 2);
+    let (pool_tx, pool_rx) = mpsc::channel::<AlignedBuf>();
     let pool_rx = Mutex::new(pool_rx);
     let failed = AtomicBool::new(false);
     std::thread::scope(|s| -> Result<u64> {
@@ -307,7 +338,7 @@ fn pipeline<R: ReadAt>(
             r
         });
         let mut next_seq = 1u64;
-        let mut pending: BTreeMap<u64, (u64, Vec<u8>)> = BTreeMap::new();
+        let mut pending: BTreeMap<u64, (u64, AlignedBuf)> = BTreeMap::new();
         let mut result: Result<()> = Ok(());
         for (seq, offset, r) in done_rx.iter() {
             if result.is_err() {
@@ -319,7 +350,7 @@ fn pipeline<R: ReadAt>(
                     pending.insert(seq, (offset, buf));
                     while let Some((off, buf)) = pending.remove(&next_seq) {
                         next_seq += 1;
-                        if let Err(e) = deliver(off, &buf) {
+                        if let Err(e) = deliver(off, buf.as_slice()) {
                             failed.store(true, Ordering::Relaxed);
                             result = Err(e);
                             break;
@@ -345,6 +376,10 @@ fn pipeline<R: ReadAt>(
 /// Converts to a sparse raw file: sets its length to the virtual size and
 /// writes only stored, non-zero 4 KiB blocks. Give it a new, empty file
 /// (not one opened with `O_TRUNC`, which makes ext4 flush it on close).
+///
+/// Each worker thread reads a job and writes it itself: a sparse file needs
+/// no ordering, and with no hand-over between a reader and a writer thread
+/// a busy machine's scheduling delays do not stall the pipeline.
 pub fn to_raw<R: ReadAt>(image: &Image<R>, out: &File) -> Result<ConvertStats> {
     // Truncating to zero only when needed: ext4 flushes a file that was
     // truncated to zero and rewritten when it is closed (auto_da_alloc),
@@ -365,15 +400,77 @@ pub fn to_raw<R: ReadAt>(image: &Image<R>, out: &File) -> Result<ConvertStats> {
     };
     out.write_all_at(&vec![0u8; first as usize], 0)
         .map_err(|e| Error::io("writing the raw output at offset 0", e))?;
-    let mut written = 0;
-    let stored = pipeline(image, |off, buf| {
-        written += write_sparse(out, off, buf)?;
-        Ok(())
-    })?;
-    Ok(ConvertStats {
-        virtual_size: image.virtual_size(),
-        stored_bytes: stored,
-        written_bytes: written,
+
+    let n = threads();
+    let (tx, rx) = mpsc::sync_channel::<Job>(n * 2);
+    let rx = Mutex::new(rx);
+    let failed = AtomicBool::new(false);
+    std::thread::scope(|s| -> Result<ConvertStats> {
+        let workers: Vec<_> = (0..n)
+            .map(|_| {
+                let rx = &rx;
+                let failed = &failed;
+                s.spawn(move || -> Result<u64> {
+                    let mut buf = AlignedBuf::default();
+                    let mut scratch = Vec::new();
+                    let mut written = 0u64;
+                    let mut error = None;
+                    loop {
+                        let job = match rx.lock() {
+                            Ok(r) => r.recv(),
+                            Err(_) => break,
+                        };
+                        let Ok(job) = job else { break };
+                        if failed.load(Ordering::Relaxed) {
+                            continue; // drain so the producer never blocks
+                        }
+                        let r = load_job(image, &job, &mut buf, &mut scratch)
+                            .and_then(|()| write_sparse(out, job.offset, buf.as_slice()));
+                        match r {
+                            Ok(w) => written += w,
+                            Err(e) => {
+                                failed.store(true, Ordering::Relaxed);
+                                error.get_or_insert(e);
+                            }
+                        }
+                    }
+                    error.map_or(Ok(written), Err)
+                })
+            })
+            .collect();
+        let stored = produce_jobs(image, |j| {
+            if failed.load(Ordering::Relaxed) {
+                return Err(Error::io("converting", std::io::Error::other("stopped")));
+            }
+            tx.send(j)
+                .map_err(|_| Error::io("converting", std::io::Error::other("a worker stopped")))
+        });
+        drop(tx);
+        let mut written = 0u64;
+        let mut first_err = None;
+        for w in workers {
+            match w.join() {
+                Ok(Ok(k)) => written += k,
+                Ok(Err(e)) => {
+                    first_err.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_err.get_or_insert(Error::io(
+                        "converting",
+                        std::io::Error::other("a worker panicked"),
+                    ));
+                }
+            }
+        }
+        // A worker's error explains a stopped producer.
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        Ok(ConvertStats {
+            virtual_size: image.virtual_size(),
+            stored_bytes: stored?,
+            written_bytes: written,
+        })
     })
 }
 
