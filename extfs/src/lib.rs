@@ -42,6 +42,11 @@ pub mod superblock;
 /// Extended attributes: in-inode and block xattrs, EA inodes.
 pub mod xattr;
 
+/// Entry point shared by the fuzz target and the regression tests: feeds
+/// arbitrary bytes through every reader path. Not part of the stable API.
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub use finding::{Finding, Severity};
 pub use fs::{Error, Filesystem};
 pub use source::Source;
