@@ -95,9 +95,15 @@ impl SipHasher {
 
     fn write(&mut self, data: &[u8]) {
         self.length += data.len();
-        for &b in data {
+        let mut rest = data;
+        // Top up a partial word first, then whole words, then the tail.
+        while self.ntail != 0 {
+            let Some((&b, r)) = rest.split_first() else {
+                return;
+            };
             self.tail |= u64::from(b) << (8 * self.ntail);
             self.ntail += 1;
+            rest = r;
             if self.ntail == 8 {
                 let m = self.tail;
                 self.compress(m);
@@ -105,6 +111,16 @@ impl SipHasher {
                 self.ntail = 0;
             }
         }
+        let mut words = rest.chunks_exact(8);
+        for w in &mut words {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(w);
+            self.compress(u64::from_le_bytes(b));
+        }
+        for (i, &b) in words.remainder().iter().enumerate() {
+            self.tail |= u64::from(b) << (8 * i);
+        }
+        self.ntail = words.remainder().len();
     }
 
     fn finish(mut self) -> u64 {
@@ -140,6 +156,22 @@ mod tests {
         assert_eq!(hash(0), 0x726f_db47_dd0e_0e31);
         assert_eq!(hash(1), 0x74f8_39c5_93dc_67fd);
         assert_eq!(hash(15), 0xa129_ca61_49be_45e5);
+    }
+
+    #[test]
+    fn split_writes_hash_as_one() {
+        let msg: Vec<u8> = (0..40u8).collect();
+        let one = {
+            let mut h = SipHasher::new(3, 4);
+            h.write(&msg);
+            h.finish()
+        };
+        for cut in [0, 1, 5, 8, 9, 17, 40] {
+            let mut h = SipHasher::new(3, 4);
+            h.write(&msg[..cut]);
+            h.write(&msg[cut..]);
+            assert_eq!(h.finish(), one, "cut at {cut}");
+        }
     }
 
     #[test]

@@ -290,6 +290,6 @@ impl Scrambler {
     pub fn finish(self) -> (NameMap, Stats) {
         let mut s = self.stats;
         s.names = self.namer.stats.clone();
-        (self.namer.map, s)
+        (self.namer.name_map(), s)
     }
 }

@@ -1,10 +1,17 @@
 //! Choosing replacement names: private, consistent, unique, and placed so the
 //! directory index stays valid.
 //!
-//! * The **canonical** replacement of a name is a keyed PRF of the name alone,
-//!   rendered as lowercase letters and digits of the same length. It is what
-//!   every linear directory, every symlink component and every user xattr name
-//!   gets, so the same name maps to the same replacement across the image.
+//! * Replacements are **numbered**: a name of four bytes or more becomes a
+//!   filler fixed per length (keyed, so two exports look unrelated) followed
+//!   by a number of up to six base-36 digits. Numbers are handed out in the
+//!   order names are met (disk order), so they say nothing about the names,
+//!   and a block's replacements differ only in their last characters: they
+//!   compress like the originals rather than like random text. Shorter names
+//!   (and names with bytes that must stay) are keyed PRF output instead.
+//! * The **canonical** replacement of a name is the one numbered at its first
+//!   appearance (a keyed PRF of the name for short ones). It is what every
+//!   linear directory and every symlink component gets, so the same name maps
+//!   to the same replacement across the image.
 //! * Lowercase ASCII is stable under casefolding (`utf8` NFD + casefold is the
 //!   identity on it), so the hash e2fsck computes for a casefolded directory
 //!   is the hash of the replacement itself; and ASCII hashes the same with
@@ -12,9 +19,9 @@
 //! * In an htree leaf, the replacement's hash must keep the relation the
 //!   original had with the leaf's index range (see [`LeafRange::region`]).
 //!   The canonical name is tried first; otherwise a candidate is taken from a
-//!   shared pool of keyed names sorted by hash (names of 1-3 characters: the
-//!   whole space, enumerated once; longer: random keyed candidates, kept when
-//!   they miss so later leaves find them). A name keeps its original bytes
+//!   shared pool of names sorted by hash (names of 1-3 characters: the
+//!   whole space, enumerated once; longer: freshly numbered candidates, kept
+//!   when they miss so later leaves find them). A name keeps its original bytes
 //!   only when no candidate fits — in practice names of one or two bytes in
 //!   large htree directories, or a leaf whose range is a single hash value.
 //! * Names are unique within a directory: every name written (replaced or
@@ -34,6 +41,14 @@ const DOMAIN_CANONICAL: u64 = 0x6e61_6d65_0000_0000;
 const DOMAIN_POOL: u64 = 0x706f_6f6c_0000_0000;
 const DOMAIN_FINGERPRINT: u64 = 0x6670_0000_0000_0000;
 const DOMAIN_START: u64 = 0x7374_6172_0000_0000;
+const DOMAIN_FILLER: u64 = 0x6669_6c6c_0000_0000;
+
+/// Names this long or longer get numbered replacements.
+const NUMBERED_MIN_LEN: usize = 4;
+/// Digits of a numbered replacement (36^6: two billion numbers).
+const NUMBER_DIGITS: usize = 6;
+/// Bytes per chunk of the replacement store.
+const STORE_CHUNK: usize = 1 << 20;
 
 /// Candidates kept in the shared pools in total (bounds memory at ~20 MiB).
 const POOL_CAP: usize = 600_000;
@@ -203,7 +218,16 @@ pub struct NameStats {
 struct Pool {
     /// (hash, candidate number), sorted by hash.
     set: BTreeSet<(u32, u64)>,
-    next: u64,
+}
+
+/// One replaced entry name; its replacement and original lie side by side
+/// in the store (`store[chunk][off..off + 2 * len]`).
+struct Replaced {
+    dir: u32,
+    inode: u32,
+    chunk: u32,
+    off: u32,
+    len: u8,
 }
 
 /// The replacement engine. One per export.
@@ -211,11 +235,22 @@ pub struct Namer {
     key: ScrambleKey,
     /// (dir, fingerprint of a name present in the scrambled dir).
     used: HashSet<(u32, u64), FpBuild>,
-    /// (dir, fingerprint of an original) -> index into `map.entries`.
-    memo: HashMap<(u32, u64), usize, FpBuild>,
+    /// (dir, fingerprint of an original) -> index into `replaced`.
+    memo: HashMap<(u32, u64), u32, FpBuild>,
+    /// Fingerprint of an original -> its canonical number.
+    numbers: HashMap<u64, u64, FpBuild>,
+    /// The next number to hand out.
+    next_number: u64,
+    /// Keyed filler by name length (empty until first needed).
+    fillers: Vec<Vec<u8>>,
     /// Pools by (hash version, length, wide charset).
     pools: HashMap<(u8, usize, u8), Pool>,
     pool_entries: usize,
+    /// Entry names replaced, in order, and their bytes (in 1 MiB chunks:
+    /// no large reallocations, a few bytes of bookkeeping per name).
+    replaced: Vec<Replaced>,
+    store: Vec<Vec<u8>>,
+    /// Symlink targets and xattr names (entries are built from `replaced`).
     pub(crate) map: NameMap,
     pub(crate) stats: NameStats,
 }
@@ -227,8 +262,13 @@ impl Namer {
             key,
             used: HashSet::default(),
             memo: HashMap::default(),
+            numbers: HashMap::default(),
+            next_number: 0,
+            fillers: Vec::new(),
             pools: HashMap::new(),
             pool_entries: 0,
+            replaced: Vec::new(),
+            store: Vec::new(),
             map: NameMap::default(),
             stats: NameStats::default(),
         }
@@ -262,12 +302,137 @@ impl Namer {
         out
     }
 
+    /// The keyed filler of numbered names of length `len`.
+    fn filler(&mut self, len: usize) -> &[u8] {
+        if self.fillers.len() <= len {
+            self.fillers.resize(len + 1, Vec::new());
+        }
+        let n = len.saturating_sub(NUMBER_DIGITS);
+        if self.fillers[len].len() != n {
+            let mut f = vec![0u8; n];
+            self.fill_base36(DOMAIN_FILLER, &(len as u64).to_le_bytes(), &mut f);
+            self.fillers[len] = f;
+        }
+        &self.fillers[len]
+    }
+
+    /// Replacement number `n` for names of length `len`: the filler, then
+    /// `n` in base 36 (most significant digit first, so consecutive numbers
+    /// share all but the last characters). `None` when the digits cannot
+    /// hold `n` or the length is too short.
+    pub(crate) fn numbered(&mut self, len: usize, n: u64) -> Option<Vec<u8>> {
+        if len < NUMBERED_MIN_LEN {
+            return None;
+        }
+        let w = len.min(NUMBER_DIGITS);
+        if n >= 36u64.pow(w as u32) {
+            return None;
+        }
+        let mut out = Vec::with_capacity(len);
+        out.extend_from_slice(self.filler(len));
+        let mut digits = [0u8; NUMBER_DIGITS];
+        let mut v = n;
+        for d in digits[..w].iter_mut().rev() {
+            *d = BASE36[(v % 36) as usize];
+            v /= 36;
+        }
+        out.extend_from_slice(&digits[..w]);
+        Some(out)
+    }
+
+    /// A number never handed out before.
+    fn fresh_number(&mut self) -> u64 {
+        let n = self.next_number;
+        self.next_number += 1;
+        n
+    }
+
+    /// The canonical replacement of a name without pinned bytes whose
+    /// fingerprint is `fp`: numbered at its first appearance, keyed when
+    /// too short (or out of numbers).
+    fn canonical_fp(&mut self, name: &[u8], fp: u64) -> Vec<u8> {
+        if name.len() >= NUMBERED_MIN_LEN {
+            let n = match self.numbers.get(&fp) {
+                Some(&n) => n,
+                None => {
+                    let n = self.fresh_number();
+                    self.numbers.insert(fp, n);
+                    n
+                }
+            };
+            if let Some(c) = self.numbered(name.len(), n) {
+                return c;
+            }
+        }
+        self.keyed(name, 0, &|b| b == b'/' || b == 0)
+    }
+
     /// The canonical replacement of a path component or attribute name.
-    pub fn canonical(&self, name: &[u8]) -> Vec<u8> {
+    pub fn canonical(&mut self, name: &[u8]) -> Vec<u8> {
         if is_kept_name(name) {
             return name.to_vec();
         }
-        self.keyed(name, 0, &|b| b == b'/' || b == 0)
+        if name.iter().any(|&b| b == b'/' || b == 0) {
+            return self.keyed(name, 0, &|b| b == b'/' || b == 0);
+        }
+        let fp = self.fingerprint(name);
+        self.canonical_fp(name, fp)
+    }
+
+    /// The map so far: every replaced entry name, symlink target and xattr
+    /// name.
+    pub fn name_map(&self) -> NameMap {
+        let mut m = self.map.clone();
+        m.entries = self
+            .replaced
+            .iter()
+            .filter_map(|r| {
+                let (s, len) = (r.off as usize, usize::from(r.len));
+                let b = self.store.get(r.chunk as usize)?.get(s..s + 2 * len)?;
+                Some(EntryMapping {
+                    dir: r.dir,
+                    inode: r.inode,
+                    replacement: Name::from_bytes(&b[..len]),
+                    original: Name::from_bytes(&b[len..]),
+                })
+            })
+            .collect();
+        m
+    }
+
+    /// The replacement recorded as `replaced[i]`.
+    fn replacement_of(&self, i: u32) -> Option<Vec<u8>> {
+        let r = self.replaced.get(i as usize)?;
+        let (s, len) = (r.off as usize, usize::from(r.len));
+        Some(self.store.get(r.chunk as usize)?.get(s..s + len)?.to_vec())
+    }
+
+    /// Records `original` -> `replacement` (same length, at most 255) in
+    /// `dir`; returns its index.
+    fn record(&mut self, dir: u32, inode: u32, replacement: &[u8], original: &[u8]) -> u32 {
+        let len = original.len().min(255);
+        let need = 2 * len;
+        if self
+            .store
+            .last()
+            .is_none_or(|c| c.len() + need > c.capacity())
+        {
+            self.store.push(Vec::with_capacity(STORE_CHUNK.max(need)));
+        }
+        let chunk = self.store.len() - 1;
+        let c = &mut self.store[chunk];
+        let off = c.len();
+        c.extend_from_slice(&replacement[..len.min(replacement.len())]);
+        c.resize(off + len, 0);
+        c.extend_from_slice(&original[..len]);
+        self.replaced.push(Replaced {
+            dir,
+            inode,
+            chunk: chunk as u32,
+            off: off as u32,
+            len: len as u8,
+        });
+        (self.replaced.len() - 1) as u32
     }
 
     /// Marks `name` as present in `dir` (names kept as they are).
@@ -306,8 +471,7 @@ impl Namer {
         let region = region.flatten();
         let fp = self.fingerprint(name);
         if let Some(&i) = self.memo.get(&(ctx.dir, fp)) {
-            if let Some(e) = self.map.entries.get(i) {
-                let prev = name_bytes(&e.replacement);
+            if let Some(prev) = self.replacement_of(i) {
                 if self.fits(&ctx.target, region, &prev) {
                     return Some(prev);
                 }
@@ -335,7 +499,7 @@ impl Namer {
             }
             found
         } else {
-            let c0 = self.keyed(name, 0, &pinned);
+            let c0 = self.canonical_fp(name, fp);
             if !self.is_used(ctx.dir, &c0) && self.fits(&ctx.target, region, &c0) {
                 self.stats.canonical += 1;
                 Some(c0)
@@ -350,13 +514,8 @@ impl Namer {
         match chosen {
             Some(c) => {
                 self.mark_used(ctx.dir, &c);
-                self.memo.insert((ctx.dir, fp), self.map.entries.len());
-                self.map.entries.push(EntryMapping {
-                    dir: ctx.dir,
-                    inode: ctx.inode,
-                    replacement: Name::from_bytes(&c),
-                    original: Name::from_bytes(name),
-                });
+                let i = self.record(ctx.dir, ctx.inode, &c, name);
+                self.memo.insert((ctx.dir, fp), i);
                 Some(c)
             }
             None => {
@@ -401,7 +560,11 @@ impl Namer {
                 return None;
             }
             for k in 1..MAX_DRAWS {
-                let c = self.keyed(name, k, &|_| false);
+                let n = self.fresh_number();
+                let c = match self.numbered(len, n) {
+                    Some(c) => c,
+                    None => self.keyed(name, k, &|_| false),
+                };
                 if !self.is_used(ctx.dir, &c) {
                     return Some(c);
                 }
@@ -458,12 +621,10 @@ impl Namer {
                 return Some(c);
             }
         }
-        let mut next = self.pools.get(&key).map_or(0, |p| p.next);
         let mut found = None;
         let mut fresh = Vec::new();
         for _ in 0..MAX_DRAWS {
-            let i = next;
-            next += 1;
+            let i = self.fresh_number();
             let c = self.pool_name(v, len, i);
             let h = dirhash(t.version, &c, &t.seed).0;
             self.stats.hashes += 1;
@@ -476,13 +637,26 @@ impl Namer {
             }
         }
         let pool = self.pools.entry(key).or_default();
-        pool.next = next;
         self.pool_entries += fresh.len();
         pool.set.extend(fresh);
         found
     }
 
-    fn pool_name(&self, version: u8, len: usize, i: u64) -> Vec<u8> {
+    /// Pool candidate `i` (a number handed out for it): numbered, or keyed
+    /// once the numbers no longer fit the length. The legacy hash mixes the
+    /// last characters of a name so little that consecutive numbers land in
+    /// a few narrow hash bands (70 draws a name instead of 2-3): its
+    /// candidates are keyed.
+    fn pool_name(&mut self, version: u8, len: usize, i: u64) -> Vec<u8> {
+        let legacy = matches!(
+            HashVersion::from_number(version),
+            Some(HashVersion::Legacy | HashVersion::LegacyUnsigned)
+        );
+        if !legacy {
+            if let Some(c) = self.numbered(len, i) {
+                return c;
+            }
+        }
         let mut data = [0u8; 16];
         data[0] = version;
         data[1..3].copy_from_slice(&(len as u16).to_le_bytes());
@@ -545,15 +719,6 @@ impl std::hash::Hasher for FpHasher {
 /// `.`, `..` and `lost+found` are structure, not private, and stay.
 pub fn is_kept_name(name: &[u8]) -> bool {
     matches!(name, b"." | b".." | b"lost+found")
-}
-
-fn name_bytes(n: &Name) -> Vec<u8> {
-    match &n.hex {
-        None => n.text.as_bytes().to_vec(),
-        Some(h) => (0..h.len() / 2)
-            .filter_map(|i| u8::from_str_radix(h.get(2 * i..2 * i + 2)?, 16).ok())
-            .collect(),
-    }
 }
 
 /// The hash e2fsck computes for an original name, `None` when it depends on
@@ -640,7 +805,7 @@ mod tests {
         assert!(a.iter().all(|c| BASE36.contains(c)));
         assert_ne!(a, b"MKRsecretname");
         assert_eq!(
-            n.map.original_of(2, &a).map(|o| o.text.as_str()),
+            n.name_map().original_of(2, &a).map(|o| o.text.as_str()),
             Some("MKRsecretname")
         );
     }
@@ -713,6 +878,113 @@ mod tests {
             }
         }
         assert_eq!(n.stats.kept, 0);
+    }
+
+    #[test]
+    fn numbered_replacements_compress_like_the_originals() {
+        let mut n = namer();
+        let mut seen = HashSet::new();
+        let mut prefix: Option<Vec<u8>> = None;
+        for i in 0..3000u32 {
+            let name = format!("MKR_private_{i:05}_document.TXT");
+            let r = n.entry_name(&ctx(9, None), name.as_bytes()).unwrap();
+            assert_eq!(r.len(), name.len());
+            assert!(r.iter().all(|c| BASE36.contains(c)), "{r:?}");
+            assert!(seen.insert(r.clone()), "unique within the directory");
+            // Everything but the digits is the same for every name of a
+            // length: a block of replacements compresses to little more
+            // than the numbers.
+            let head = r[..r.len() - NUMBER_DIGITS].to_vec();
+            assert_eq!(prefix.get_or_insert(head.clone()), &head);
+        }
+        // Numbers follow the order names are met: nothing of the name.
+        let a = n.entry_name(&ctx(10, None), b"zzzz_first_met").unwrap();
+        let b = n.entry_name(&ctx(10, None), b"aaaa_later_met").unwrap();
+        assert!(a < b, "{a:?} {b:?}");
+    }
+
+    #[test]
+    fn same_key_same_replacements_other_key_other_filler() {
+        let run = |key: u8| {
+            let mut n = Namer::new(ScrambleKey::from_bytes([key; 16]));
+            (0..50)
+                .map(|i| {
+                    n.entry_name(&ctx(3, None), format!("secret-{i}.doc").as_bytes())
+                        .unwrap()
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(run(1), run(1));
+        let (a, b) = (run(1), run(2));
+        assert!(a.iter().zip(&b).all(|(x, y)| x != y));
+    }
+
+    #[test]
+    fn symlink_components_and_entries_agree() {
+        let mut n = namer();
+        let e = n.entry_name(&ctx(2, None), b"projects").unwrap();
+        assert_eq!(n.canonical(b"projects"), e);
+        // Met first in a symlink, then as an entry.
+        let c = n.canonical(b"holiday.jpg");
+        assert_eq!(n.entry_name(&ctx(7, None), b"holiday.jpg").unwrap(), c);
+        assert_eq!(n.canonical(b".."), b"..");
+    }
+
+    #[test]
+    fn out_of_numbers_falls_back_to_keyed_names() {
+        let mut n = namer();
+        assert!(n.numbered(4, 36u64.pow(4) - 1).is_some());
+        assert!(n.numbered(4, 36u64.pow(4)).is_none());
+        assert!(n.numbered(3, 0).is_none());
+        n.next_number = 36u64.pow(4) - 2;
+        let mut seen = HashSet::new();
+        for i in 0..200u32 {
+            let name = format!("{i:04}");
+            let r = n.entry_name(&ctx(4, None), name.as_bytes()).unwrap();
+            assert_eq!(r.len(), 4);
+            assert!(seen.insert(r), "unique after the numbers ran out");
+        }
+    }
+
+    #[test]
+    fn numbered_htree_names_in_every_hash_version() {
+        let seed = [0x0bad_cafe, 0x1234_5678, 0x9abc_def0, 0x0f1e_2d3c];
+        for version in [
+            HashVersion::Legacy,
+            HashVersion::HalfMd4,
+            HashVersion::Tea,
+            HashVersion::LegacyUnsigned,
+            HashVersion::HalfMd4Unsigned,
+            HashVersion::TeaUnsigned,
+        ] {
+            let mut n = namer();
+            // A directory of 2000 names over 40 leaves (with a name whose
+            // bytes are signed-sensitive, for the signed versions).
+            let keys: Vec<u32> = (0..40u32).map(|i| (i * 0x0666_6666) & !1).collect();
+            let mut seen = HashSet::new();
+            for i in 0..2000u32 {
+                let name = format!("file_{i:05}_with_a_longer_name_\u{e9}.txt");
+                let h = dirhash(version, name.as_bytes(), &seed).0;
+                let leaf = keys.iter().rposition(|&k| k <= h).unwrap();
+                let range = LeafRange {
+                    lo: keys[leaf],
+                    hi: keys.get(leaf + 1).copied().unwrap_or(0xffff_fffe),
+                };
+                let t = HashTarget {
+                    version,
+                    seed,
+                    range,
+                };
+                let r = n.entry_name(&ctx(50, Some(t)), name.as_bytes()).unwrap();
+                let hr = dirhash(version, &r, &seed).0;
+                assert!(range.lo <= hr && hr < range.hi, "{version:?} {name}");
+                assert_eq!(r.len(), name.len());
+                assert!(seen.insert(r), "{version:?}: unique");
+            }
+            assert_eq!(n.stats.kept, 0);
+            // Mostly pool candidates, each hashed about once.
+            assert!(n.stats.hashes < 2000 * 4, "{version:?}: {:?}", n.stats);
+        }
     }
 
     #[test]
