@@ -46,6 +46,62 @@ pub enum Command {
     Token(TokenCommand),
     /// Apply database migrations and exit (`serve` also applies them).
     Migrate,
+    /// Operations on the configured database and storage: expired uploads,
+    /// the retention policy. Takes the `serve` options (flags before the
+    /// subcommand, environment or config file) for the same settings.
+    Admin(AdminArgs),
+}
+
+/// `admin`: the `serve` options plus what to do.
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// Same options as `serve` (the storage and retention settings matter).
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+/// Admin operations.
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Uploads in progress and expired ones.
+    #[command(subcommand)]
+    Uploads(UploadsCommand),
+    /// The closed-ticket retention policy.
+    #[command(subcommand)]
+    Retention(RetentionCommand),
+}
+
+/// `admin uploads`.
+#[derive(Debug, Subcommand)]
+pub enum UploadsCommand {
+    /// List uploads in progress (id, ticket, bytes received, expiry).
+    List {
+        /// Only uploads whose expiry passed (the ones `reap` removes).
+        #[arg(long)]
+        expired: bool,
+    },
+    /// Remove expired uploads: their rows and stored bytes.
+    Reap {
+        /// Only print what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// `admin retention`.
+#[derive(Debug, Subcommand)]
+pub enum RetentionCommand {
+    /// Delete the images of tickets closed longer ago than
+    /// `--closed-ticket-retention` (one pass, as the server does
+    /// periodically).
+    Run {
+        /// Only print what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// Token management.
@@ -131,6 +187,11 @@ pub struct ServeArgs {
     /// `https://support.example.com`. [default: http://<listen>]
     #[arg(long, env = "SUPPORT_PUBLIC_URL", value_name = "URL")]
     pub public_url: Option<String>,
+    /// Retention: images of a ticket closed this long ago (`90d`, `26w`...)
+    /// are deleted, bytes and rows; `off` keeps everything. Images uploaded
+    /// after the ticket was closed are kept. [default: off]
+    #[arg(long, env = "SUPPORT_CLOSED_TICKET_RETENTION", value_name = "DURATION")]
+    pub closed_ticket_retention: Option<String>,
 }
 
 /// The resolved configuration of `serve`.
@@ -168,6 +229,9 @@ pub struct Config {
     pub request_timeout: i64,
     /// Base URL for links.
     pub public_url: String,
+    /// Seconds after a ticket's closing when its images are deleted;
+    /// `None`: never.
+    pub closed_ticket_retention: Option<i64>,
 }
 
 impl Default for Config {
@@ -189,6 +253,7 @@ impl Default for Config {
             log_format: "text".into(),
             request_timeout: 600,
             public_url: String::new(),
+            closed_ticket_retention: None,
         }
     }
 }
@@ -277,6 +342,14 @@ impl Config {
                 .public_url
                 .or(f.public_url)
                 .unwrap_or_else(|| format!("http://{listen}")),
+            closed_ticket_retention: match s
+                .closed_ticket_retention
+                .or(f.closed_ticket_retention)
+                .filter(|v| !v.trim().is_empty() && v.trim() != "off")
+            {
+                None => None,
+                Some(v) => Some(duration("closed_ticket_retention", Some(v), 0)?),
+            },
             listen,
         };
         anyhow::ensure!(

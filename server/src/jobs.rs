@@ -223,37 +223,17 @@ pub async fn reaper(state: AppState, stop: CancellationToken) {
     }
 }
 
-/// One pass of the reaper; returns how many uploads it removed.
+/// One pass of the reaper (expired sessions, and expired uploads through
+/// [`crate::retention::reap_expired_uploads`]); returns how many uploads it
+/// removed.
 pub async fn reap_once(state: &AppState) -> usize {
     let now = crate::now();
     let _ = state.db.delete_expired_sessions(now).await;
-    let ids = match state.db.expired_uploads(now).await {
-        Ok(ids) => ids,
+    match crate::retention::reap_expired_uploads(state, now, false).await {
+        Ok(removed) => removed.len(),
         Err(e) => {
             tracing::warn!(error = %e, "reaper: cannot list expired uploads");
-            return 0;
+            0
         }
-    };
-    let mut n = 0;
-    for id in ids {
-        // Claim it first so a chunk arriving now finds the upload closed.
-        if !matches!(
-            state
-                .db
-                .set_status(&id, &["uploading"], "expired", None, now)
-                .await,
-            Ok(true)
-        ) {
-            continue;
-        }
-        let _ = state.db.delete_image(&id).await;
-        state.uploads.forget(&id);
-        let store = state.store.clone();
-        let id2 = id.clone();
-        let _ = tokio::task::spawn_blocking(move || store.delete_upload(&id2)).await;
-        tracing::info!(upload = %id, "expired upload removed");
-        state.metrics.upload_expired();
-        n += 1;
     }
-    n
 }

@@ -12,8 +12,11 @@
 //! - [`ingest`]: the QCOW2 check and the filesystem analyses;
 //! - [`images`]: the images API (list, results, downloads, triage);
 //! - [`auth`]: tokens, roles, sessions;
+//! - [`tickets`], [`retention`], [`admin`]: tickets' lifecycle, the
+//!   retention policy and the reaping of expired uploads, and their admin API;
 //! - [`web`]: the dashboard's static files.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod db;
@@ -23,9 +26,11 @@ pub mod ingest;
 pub mod jobs;
 pub mod metrics;
 pub mod openapi;
+pub mod retention;
 pub mod server;
 pub mod session;
 pub mod storage;
+pub mod tickets;
 pub mod tokens;
 pub mod upload;
 pub mod web;

@@ -3,7 +3,9 @@
 use anyhow::Context;
 use clap::Parser;
 use support_server::auth::Role;
-use support_server::config::{Cli, Command, Config, TokenCommand};
+use support_server::config::{
+    AdminCommand, Cli, Command, Config, RetentionCommand, TokenCommand, UploadsCommand,
+};
 
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -52,6 +54,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 support_server::db::connect(cfg.database_url.as_deref(), &cfg.data_dir).await?;
             eprintln!("support-server: {} database is up to date", db.backend());
             Ok(())
+        }
+        Command::Admin(args) => {
+            let cfg = Config::resolve(&cli.common, &args.serve)?;
+            let state = support_server::AppState::new(cfg).await?;
+            admin(&state, args.command).await
         }
         Command::Token(cmd) => {
             let cfg = Config::resolve_common(&cli.common)?;
@@ -126,6 +133,64 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
             }
+        }
+    }
+}
+
+/// `support-server admin ...` on the configured database and storage.
+async fn admin(state: &support_server::AppState, cmd: AdminCommand) -> anyhow::Result<()> {
+    use support_server::{now, rfc3339};
+    let now = now();
+    match cmd {
+        AdminCommand::Uploads(UploadsCommand::List { expired }) => {
+            let rows = state.db.list_uploads(expired.then_some(now)).await?;
+            println!(
+                "{:<32}  {:<20}  {:>13}  {:>13}  {:<25}  expired",
+                "id", "ticket", "received", "size", "expires"
+            );
+            for r in &rows {
+                let view = support_server::admin::AdminUpload::from_row(r, now);
+                println!(
+                    "{:<32}  {:<20}  {:>13}  {:>13}  {:<25}  {}",
+                    r.id,
+                    r.ticket,
+                    r.received,
+                    r.size,
+                    r.upload_expires_at
+                        .map(rfc3339)
+                        .unwrap_or_else(|| "-".into()),
+                    if view.expired { "yes" } else { "no" }
+                );
+            }
+            eprintln!("support-server: {} upload(s)", rows.len());
+            Ok(())
+        }
+        AdminCommand::Uploads(UploadsCommand::Reap { dry_run }) => {
+            let rows = support_server::retention::reap_expired_uploads(state, now, dry_run).await?;
+            let verb = if dry_run { "would remove" } else { "removed" };
+            for r in &rows {
+                println!("{verb} {} {} {} bytes", r.id, r.ticket, r.received);
+            }
+            eprintln!("support-server: {verb} {} expired upload(s)", rows.len());
+            Ok(())
+        }
+        AdminCommand::Retention(RetentionCommand::Run { dry_run }) => {
+            let rows = support_server::retention::run_retention(state, now, dry_run).await?;
+            let verb = if dry_run { "would delete" } else { "deleted" };
+            for r in &rows {
+                println!(
+                    "{verb} {} {} {} bytes created {}",
+                    r.id,
+                    r.ticket,
+                    r.size,
+                    rfc3339(r.created_at)
+                );
+            }
+            eprintln!(
+                "support-server: {verb} {} image(s) of closed tickets",
+                rows.len()
+            );
+            Ok(())
         }
     }
 }

@@ -41,6 +41,8 @@ impl Modify for Bearer {
         crate::tokens::create_grant, crate::tokens::list, crate::tokens::create, crate::tokens::revoke,
         crate::webhooks::create, crate::webhooks::list, crate::webhooks::delete,
         crate::session::create, crate::session::get, crate::session::delete,
+        crate::tickets::get, crate::tickets::close, crate::tickets::reopen,
+        crate::admin::uploads, crate::admin::reap, crate::admin::retention,
     ),
     components(schemas(
         crate::upload::Limits, crate::upload::ByteRange, crate::upload::CreateUpload,
@@ -49,6 +51,8 @@ impl Modify for Bearer {
         crate::tokens::TokenView, crate::tokens::NewToken, crate::tokens::CreateToken,
         crate::tokens::CreateGrant, crate::webhooks::CreateWebhook, crate::webhooks::WebhookView,
         crate::webhooks::WebhookEvent, crate::session::SignIn, crate::session::SessionView,
+        crate::tickets::TicketView, crate::admin::AdminUpload, crate::admin::AdminUploadList,
+        crate::admin::ReapReport, crate::admin::RetentionReport,
     ))
 )]
 pub struct ApiDoc;

@@ -4,7 +4,10 @@
 use crate::config::Config;
 use crate::db::Database;
 use crate::storage::{ImageStore, LocalStore};
-use crate::{images, jobs, metrics, openapi, session, tokens, upload, web, webhooks};
+use crate::{
+    admin, images, jobs, metrics, openapi, retention, session, tickets, tokens, upload, web,
+    webhooks,
+};
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::routing::{delete, get, post, put};
@@ -130,6 +133,12 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/images/{id}/raw", get(images::raw))
         .route("/api/v1/images/{id}/inodes/{ino}", get(images::inode))
         .route("/api/v1/images/{id}/dirs/{ino}", get(images::dir))
+        .route("/api/v1/tickets/{ticket}", get(tickets::get))
+        .route("/api/v1/tickets/{ticket}/close", post(tickets::close))
+        .route("/api/v1/tickets/{ticket}/reopen", post(tickets::reopen))
+        .route("/api/v1/admin/uploads", get(admin::uploads))
+        .route("/api/v1/admin/reap", post(admin::reap))
+        .route("/api/v1/admin/retention", post(admin::retention))
         .route("/api/v1/grants", post(tokens::create_grant))
         .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/api/v1/tokens/{id}", delete(tokens::revoke))
@@ -252,6 +261,10 @@ pub async fn run(state: AppState) -> anyhow::Result<()> {
         tasks.push(tokio::spawn(jobs::worker(state.clone(), n, stop.clone())));
     }
     tasks.push(tokio::spawn(jobs::reaper(state.clone(), stop.clone())));
+    tasks.push(tokio::spawn(retention::retention_worker(
+        state.clone(),
+        stop.clone(),
+    )));
 
     let server =
         axum::serve(listener, app(state.clone())).with_graceful_shutdown(shutdown_signal());

@@ -215,6 +215,19 @@ pub struct Filter {
     pub limit: i64,
 }
 
+/// A ticket's lifecycle row (tickets without one are open).
+#[derive(Debug, Clone, Default)]
+pub struct TicketRow {
+    /// The ticket reference.
+    pub ticket: String,
+    /// Unix seconds when it was closed; `None`: open.
+    pub closed_at: Option<i64>,
+    /// Token that closed it.
+    pub closed_by: Option<i64>,
+    /// Images of the ticket (any status).
+    pub images: i64,
+}
+
 /// Everything the server stores in its database.
 #[async_trait]
 pub trait Database: Send + Sync + 'static {
@@ -278,6 +291,38 @@ pub trait Database: Send + Sync + 'static {
     ) -> DbResult<bool>;
     /// Ids of uploads whose expiry passed.
     async fn expired_uploads(&self, now: i64) -> DbResult<Vec<String>>;
+    /// Uploads in progress (status `uploading`), oldest first; with
+    /// `expired_before`, only those whose expiry passed then, plus uploads
+    /// an interrupted reaper left in status `expired`.
+    async fn list_uploads(&self, expired_before: Option<i64>) -> DbResult<Vec<ImageRow>>;
+    /// Images the retention policy removes: created no later than their
+    /// ticket was closed, the ticket closed at or before `closed_before`,
+    /// and not in the upload or analysis pipeline; plus images an
+    /// interrupted retention pass left in status `deleting`. Oldest first,
+    /// at most `limit`.
+    async fn retention_candidates(&self, closed_before: i64, limit: i64)
+        -> DbResult<Vec<ImageRow>>;
+    /// A ticket's lifecycle row and image count (open with no row).
+    async fn get_ticket(&self, ticket: &str) -> DbResult<TicketRow>;
+    /// Closes a ticket (keeping the first closing time if already closed)
+    /// or, with `closed_at: None`, reopens it.
+    async fn set_ticket_closed(
+        &self,
+        ticket: &str,
+        closed_at: Option<i64>,
+        by: Option<i64>,
+        now: i64,
+    ) -> DbResult<()>;
+    /// Claims this round of the periodic task `name`: true for exactly one
+    /// caller once `now` reaches the task's next run, which moves to
+    /// `next_run_at`.
+    async fn claim_maintenance(
+        &self,
+        name: &str,
+        owner: &str,
+        now: i64,
+        next_run_at: i64,
+    ) -> DbResult<bool>;
 
     /// Acknowledged chunks overlapping `[start, end)`.
     async fn chunks_overlapping(&self, id: &str, start: i64, end: i64) -> DbResult<Vec<ChunkRow>>;

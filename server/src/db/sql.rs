@@ -397,6 +397,124 @@ macro_rules! sql_database {
                 rows.iter().map(|r| r.try_get("id")).collect()
             }
 
+            async fn list_uploads(&self, expired_before: Option<i64>) -> DbResult<Vec<ImageRow>> {
+                let rows = match expired_before {
+                    None => {
+                        let sql = format!(
+                            "SELECT {IMAGE_COLUMNS} FROM images WHERE status = 'uploading' \
+                             ORDER BY created_at, id"
+                        );
+                        sqlx::query(&sql).fetch_all(&self.pool).await?
+                    }
+                    Some(t) => {
+                        let sql = format!(
+                            "SELECT {IMAGE_COLUMNS} FROM images WHERE (status = 'uploading' \
+                             AND upload_expires_at < $1) OR status = 'expired' \
+                             ORDER BY created_at, id"
+                        );
+                        sqlx::query(&sql).bind(t).fetch_all(&self.pool).await?
+                    }
+                };
+                rows.iter().map(Self::image_row).collect()
+            }
+
+            async fn retention_candidates(
+                &self,
+                closed_before: i64,
+                limit: i64,
+            ) -> DbResult<Vec<ImageRow>> {
+                let sql = format!(
+                    "SELECT {IMAGE_COLUMNS} FROM images WHERE status = 'deleting' \
+                     OR (status NOT IN ('uploading', 'queued', 'analyzing') AND EXISTS \
+                       (SELECT 1 FROM tickets t WHERE t.ticket = images.ticket \
+                        AND t.closed_at IS NOT NULL AND t.closed_at <= $1 \
+                        AND images.created_at <= t.closed_at)) \
+                     ORDER BY created_at, id LIMIT $2"
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(closed_before)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(Self::image_row).collect()
+            }
+
+            async fn get_ticket(&self, ticket: &str) -> DbResult<TicketRow> {
+                let row = sqlx::query("SELECT closed_at, closed_by FROM tickets WHERE ticket = $1")
+                    .bind(ticket)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                let images: i64 = sqlx::query("SELECT COUNT(*) AS n FROM images WHERE ticket = $1")
+                    .bind(ticket)
+                    .fetch_one(&self.pool)
+                    .await?
+                    .try_get("n")?;
+                let (closed_at, closed_by) = match row {
+                    Some(r) => (r.try_get("closed_at")?, r.try_get("closed_by")?),
+                    None => (None, None),
+                };
+                Ok(TicketRow {
+                    ticket: ticket.to_string(),
+                    closed_at,
+                    closed_by,
+                    images,
+                })
+            }
+
+            async fn set_ticket_closed(
+                &self,
+                ticket: &str,
+                closed_at: Option<i64>,
+                by: Option<i64>,
+                now: i64,
+            ) -> DbResult<()> {
+                sqlx::query(
+                    "INSERT INTO tickets (ticket, closed_at, closed_by, updated_at) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (ticket) DO UPDATE SET \
+                     closed_at = CASE WHEN excluded.closed_at IS NULL THEN NULL \
+                       ELSE COALESCE(tickets.closed_at, excluded.closed_at) END, \
+                     closed_by = CASE WHEN excluded.closed_at IS NULL THEN NULL \
+                       WHEN tickets.closed_at IS NULL THEN excluded.closed_by \
+                       ELSE tickets.closed_by END, \
+                     updated_at = excluded.updated_at",
+                )
+                .bind(ticket)
+                .bind(closed_at)
+                .bind(by)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn claim_maintenance(
+                &self,
+                name: &str,
+                owner: &str,
+                now: i64,
+                next_run_at: i64,
+            ) -> DbResult<bool> {
+                sqlx::query(
+                    "INSERT INTO maintenance (name, next_run_at) VALUES ($1, 0) \
+                     ON CONFLICT (name) DO NOTHING",
+                )
+                .bind(name)
+                .execute(&self.pool)
+                .await?;
+                let n = sqlx::query(
+                    "UPDATE maintenance SET next_run_at = $4, owner = $2, last_run_at = $3 \
+                     WHERE name = $1 AND next_run_at <= $3",
+                )
+                .bind(name)
+                .bind(owner)
+                .bind(now)
+                .bind(next_run_at)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                Ok(n == 1)
+            }
+
             async fn chunks_overlapping(
                 &self,
                 id: &str,
