@@ -34,6 +34,75 @@ pub struct CommonArgs {
     /// directory).
     #[arg(long, env = "DATABASE_URL", global = true, value_name = "URL")]
     pub database_url: Option<String>,
+    /// Where image bytes live.
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+/// Where image bytes live (see `docs/storage.md`). S3 credentials come from
+/// the standard AWS environment (`AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, or an instance role), never
+/// from flags or the config file.
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageArgs {
+    /// `local` (images in the data directory) or `s3` (an S3-compatible
+    /// bucket: AWS S3, MinIO, Ceph RGW, Garage...). [default: local]
+    #[arg(long, env = "SUPPORT_STORAGE", global = true, value_name = "BACKEND")]
+    pub storage: Option<String>,
+    /// Bucket of the s3 storage (it must exist).
+    #[arg(long, env = "SUPPORT_S3_BUCKET", global = true, value_name = "NAME")]
+    pub s3_bucket: Option<String>,
+    /// Endpoint URL of an S3-compatible service, e.g.
+    /// `http://minio.internal:9000`. [default: AWS]
+    #[arg(long, env = "SUPPORT_S3_ENDPOINT", global = true, value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+    /// Region. [default: AWS_REGION, else us-east-1]
+    #[arg(long, env = "SUPPORT_S3_REGION", global = true, value_name = "REGION")]
+    pub s3_region: Option<String>,
+    /// Key prefix inside the bucket, e.g. `support/prod` (lets several
+    /// deployments share a bucket). [default: none]
+    #[arg(long, env = "SUPPORT_S3_PREFIX", global = true, value_name = "PREFIX")]
+    pub s3_prefix: Option<String>,
+    /// Allow a plain `http://` endpoint (a MinIO on a private network).
+    /// [default: false]
+    #[arg(
+        long,
+        env = "SUPPORT_S3_ALLOW_HTTP",
+        global = true,
+        value_name = "BOOL"
+    )]
+    pub s3_allow_http: Option<bool>,
+    /// Memory for cached blocks of images read from the bucket (shared by
+    /// all reads of the process), in bytes. [default: 67108864 (64 MiB)]
+    #[arg(
+        long,
+        env = "SUPPORT_S3_CACHE_SIZE",
+        global = true,
+        value_name = "BYTES"
+    )]
+    pub s3_cache_size: Option<u64>,
+}
+
+/// Keys of the config file that belong to [`StorageArgs`].
+const STORAGE_KEYS: [&str; 7] = [
+    "storage",
+    "s3_bucket",
+    "s3_endpoint",
+    "s3_region",
+    "s3_prefix",
+    "s3_allow_http",
+    "s3_cache_size",
+];
+
+/// The resolved storage backend.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum StorageConfig {
+    /// The data directory.
+    #[default]
+    Local,
+    /// An S3-compatible bucket.
+    S3(crate::storage::S3Config),
 }
 
 /// Subcommands.
@@ -203,6 +272,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// PostgreSQL URL, or `None` for SQLite in the data directory.
     pub database_url: Option<String>,
+    /// Where image bytes live.
+    pub storage: StorageConfig,
     /// Bytes.
     pub max_chunk_size: u64,
     /// Bytes.
@@ -240,6 +311,7 @@ impl Default for Config {
             listen: "127.0.0.1:8080".into(),
             data_dir: PathBuf::from("./data"),
             database_url: None,
+            storage: StorageConfig::Local,
             max_chunk_size: 8 << 20,
             max_image_size: 1 << 40,
             ticket_quota: 2 << 40,
@@ -263,6 +335,7 @@ impl Default for Config {
 struct FileConfig {
     data_dir: Option<PathBuf>,
     database_url: Option<String>,
+    storage: StorageArgs,
     serve: ServeArgs,
 }
 
@@ -297,6 +370,7 @@ impl Config {
                 .clone()
                 .or(file.database_url)
                 .filter(|u| !u.is_empty()),
+            storage: storage_config(&common.storage, &file.storage)?,
             max_chunk_size: s
                 .max_chunk_size
                 .or(f.max_chunk_size)
@@ -369,6 +443,15 @@ impl Config {
     }
 }
 
+/// AWS variables the S3 storage reads (credentials are never flags).
+pub const S3_ENV: [&str; 5] = [
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+];
+
 /// Every environment variable `support-server` reads: the variable of each
 /// flag of every subcommand, plus `RUST_LOG` (log filter). Deployment files
 /// (docker-compose.yml, the Dockerfile) are checked against this list.
@@ -387,7 +470,44 @@ pub fn env_names() -> Vec<String> {
     let mut out = std::collections::BTreeSet::new();
     walk(&Cli::command(), &mut out);
     out.insert("RUST_LOG".into());
+    // S3 storage credentials and region, from the standard AWS environment
+    // (see docs/storage.md).
+    for aws in S3_ENV {
+        out.insert(aws.into());
+    }
     out.into_iter().collect()
+}
+
+/// Flags/environment over the file; checks that s3 has a bucket.
+fn storage_config(flags: &StorageArgs, file: &StorageArgs) -> anyhow::Result<StorageConfig> {
+    let f = flags.clone();
+    let g = file.clone();
+    let backend = f.storage.or(g.storage).unwrap_or_else(|| "local".into());
+    match backend.as_str() {
+        "local" => Ok(StorageConfig::Local),
+        "s3" => {
+            let bucket = f.s3_bucket.or(g.s3_bucket).unwrap_or_default();
+            anyhow::ensure!(
+                !bucket.is_empty(),
+                "storage is s3 but no bucket is given: set s3_bucket (SUPPORT_S3_BUCKET)"
+            );
+            let nonempty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+            Ok(StorageConfig::S3(crate::storage::S3Config {
+                bucket,
+                endpoint: nonempty(f.s3_endpoint.or(g.s3_endpoint)),
+                region: nonempty(f.s3_region.or(g.s3_region)),
+                prefix: f
+                    .s3_prefix
+                    .or(g.s3_prefix)
+                    .unwrap_or_default()
+                    .trim_matches('/')
+                    .to_string(),
+                allow_http: f.s3_allow_http.or(g.s3_allow_http).unwrap_or(false),
+                cache_bytes: f.s3_cache_size.or(g.s3_cache_size).unwrap_or(64 << 20),
+            }))
+        }
+        other => anyhow::bail!("storage must be `local` or `s3`, not {other:?}"),
+    }
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
@@ -410,10 +530,18 @@ fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
         .transpose()?
         .map(PathBuf::from);
     let database_url = table.remove("database_url").map(text_of).transpose()?;
+    let mut storage = toml::Table::new();
+    for k in STORAGE_KEYS {
+        if let Some(v) = table.remove(k) {
+            storage.insert(k.to_string(), v);
+        }
+    }
+    let storage = StorageArgs::deserialize(toml::Value::Table(storage)).map_err(|e| bad(&e))?;
     let serve = ServeArgs::deserialize(toml::Value::Table(table)).map_err(|e| bad(&e))?;
     Ok(FileConfig {
         data_dir,
         database_url,
+        storage,
         serve,
     })
 }
@@ -444,6 +572,43 @@ mod tests {
         assert_eq!(c.workers, 1);
         assert_eq!(c.upload_ttl, 7200);
         assert_eq!(c.max_chunk_size, 8 << 20);
+        assert_eq!(c.storage, StorageConfig::Local);
+    }
+
+    #[test]
+    fn s3_storage_from_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "storage = \"s3\"\ns3_bucket = \"images\"\ns3_prefix = \"/a/b/\"\nworkers = 3\n",
+        )
+        .unwrap();
+        let mut common = CommonArgs {
+            config: Some(p.clone()),
+            ..Default::default()
+        };
+        common.storage.s3_endpoint = Some("http://127.0.0.1:9000".into());
+        common.storage.s3_allow_http = Some(true);
+        let c = Config::resolve(&common, &ServeArgs::default()).unwrap();
+        assert_eq!(c.workers, 3);
+        let StorageConfig::S3(s3) = c.storage else {
+            panic!("not s3")
+        };
+        assert_eq!(s3.bucket, "images");
+        assert_eq!(s3.prefix, "a/b");
+        assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert!(s3.allow_http);
+        assert_eq!(s3.cache_bytes, 64 << 20);
+        // No bucket, or an unknown backend, is refused.
+        std::fs::write(&p, "storage = \"s3\"\n").unwrap();
+        let common = CommonArgs {
+            config: Some(p.clone()),
+            ..Default::default()
+        };
+        assert!(Config::resolve(&common, &ServeArgs::default()).is_err());
+        std::fs::write(&p, "storage = \"ftp\"\n").unwrap();
+        assert!(Config::resolve(&common, &ServeArgs::default()).is_err());
     }
 
     #[test]

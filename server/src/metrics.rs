@@ -213,6 +213,7 @@ pub async fn track(State(st): State<AppState>, req: Request, next: Next) -> Resp
 pub async fn serve(State(st): State<AppState>) -> Response {
     let mut out = String::new();
     st.metrics.render(&mut out);
+    st.store.render_metrics(&mut out);
     if let Ok(jobs) = st.db.job_counts().await {
         let name = "support_jobs";
         let _ = writeln!(

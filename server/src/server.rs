@@ -3,7 +3,7 @@
 
 use crate::config::Config;
 use crate::db::Database;
-use crate::storage::{ImageStore, LocalStore};
+use crate::storage::ImageStore;
 use crate::{
     admin, images, jobs, metrics, openapi, retention, session, tickets, tokens, upload, web,
     webhooks,
@@ -54,13 +54,8 @@ impl AppState {
             )
         })?;
         let db = crate::db::connect(config.database_url.as_deref(), &config.data_dir).await?;
-        let store = LocalStore::open(&config.data_dir).with_context(|| {
-            format!(
-                "cannot prepare image storage in {}",
-                config.data_dir.display()
-            )
-        })?;
-        Ok(AppState::from_parts(db, Arc::new(store), config))
+        let store = crate::storage::open(&config.storage, &config.data_dir).await?;
+        Ok(AppState::from_parts(db, store, config))
     }
 
     /// Builds a state from already opened parts (tests).
@@ -253,7 +248,7 @@ pub async fn run(state: AppState) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     // Tests and scripts read this line to find the port of `--listen 127.0.0.1:0`.
     eprintln!("support-server: listening on http://{addr}");
-    tracing::info!(%addr, database = state.db.backend(), data_dir = %state.config.data_dir.display(), "serving");
+    tracing::info!(%addr, database = state.db.backend(), storage = state.store.backend(), data_dir = %state.config.data_dir.display(), "serving");
 
     let stop = CancellationToken::new();
     let mut tasks = Vec::new();

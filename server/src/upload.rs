@@ -179,33 +179,56 @@ fn parse_manifest(chunks: &[ManifestChunk], size: u64) -> ApiResult<Vec<(u64, u6
     Ok(out)
 }
 
-/// One pass over the stored bytes of an upload: the whole SHA-256 and the
-/// offsets of manifest chunks whose bytes hash to something else.
-fn hash_with_manifest(
-    store: &dyn crate::storage::ImageStore,
-    id: &str,
-    chunks: &[(u64, u64, String)],
-) -> std::io::Result<([u8; 32], Vec<u64>)> {
-    let mut whole = Sha256::new();
-    let mut bad = Vec::new();
-    let mut buf = vec![0u8; crate::storage::STREAM_BUF];
-    for (offset, length, sha) in chunks {
-        let mut part = Sha256::new();
-        let mut pos = *offset;
-        let end = offset + length;
-        while pos < end {
-            let n = (end - pos).min(buf.len() as u64) as usize;
-            let piece = &mut buf[..n];
-            store.read_upload(id, pos, piece)?;
-            part.update(&*piece);
-            whole.update(&*piece);
-            pos += n as u64;
-        }
-        if hex::encode(part.finalize()) != *sha {
-            bad.push(*offset);
+/// Hashes an upload's bytes as they stream past in order: the whole
+/// SHA-256, and for a streaming client's manifest the offsets of chunks
+/// whose bytes hash to something else, in the same pass.
+struct Verifier {
+    whole: Sha256,
+    manifest: Vec<(u64, u64, String)>,
+    /// Index of the manifest chunk being hashed, and its bytes still due.
+    at: usize,
+    due: u64,
+    part: Sha256,
+    bad: Vec<u64>,
+}
+
+impl Verifier {
+    fn new(manifest: Vec<(u64, u64, String)>) -> Verifier {
+        let due = manifest.first().map(|c| c.1).unwrap_or(0);
+        Verifier {
+            whole: Sha256::new(),
+            manifest,
+            at: 0,
+            due,
+            part: Sha256::new(),
+            bad: Vec::new(),
         }
     }
-    Ok((whole.finalize().into(), bad))
+
+    fn update(&mut self, mut b: &[u8]) {
+        self.whole.update(b);
+        while !b.is_empty() && self.at < self.manifest.len() {
+            let n = self.due.min(b.len() as u64) as usize;
+            self.part.update(&b[..n]);
+            self.due -= n as u64;
+            b = &b[n..];
+            if self.due == 0 {
+                let done = std::mem::take(&mut self.part);
+                if let Some((offset, _, sha)) = self.manifest.get(self.at) {
+                    if hex::encode(done.finalize()) != *sha {
+                        self.bad.push(*offset);
+                    }
+                }
+                self.at += 1;
+                self.due = self.manifest.get(self.at).map(|c| c.1).unwrap_or(0);
+            }
+        }
+    }
+
+    /// The whole SHA-256 (hex) and the offsets of mismatching chunks.
+    fn finish(self) -> (String, Vec<u64>) {
+        (hex::encode(self.whole.finalize()), self.bad)
+    }
 }
 
 /// Per-upload coordination inside one process: ranges being written (so two
@@ -544,7 +567,12 @@ pub async fn abort(
     {
         st.db.delete_image(&id).await?;
         let store = st.store.clone();
-        tokio::task::spawn_blocking(move || store.delete_upload(&id)).await??;
+        tokio::task::spawn_blocking(move || {
+            // Also whatever a completion that failed verification left.
+            store.delete_upload(&id)?;
+            store.delete_image(&id)
+        })
+        .await??;
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -675,7 +703,7 @@ pub async fn put_chunk(
                 let s = (c.offset as u64).max(offset);
                 let e = ((c.offset + c.length) as u64).min(end);
                 let mut held = vec![0u8; (e - s) as usize];
-                store.read_upload(&id2, s, &mut held)?;
+                store.read_chunk(&id2, &c.into(), s, &mut held)?;
                 let from = (s - offset) as usize;
                 if body2.get(from..from + held.len()) != Some(&held[..]) {
                     return Ok(false);
@@ -700,7 +728,12 @@ pub async fn put_chunk(
     }
     let store = st.store.clone();
     let (id2, body2) = (id.clone(), body.clone());
-    tokio::task::spawn_blocking(move || store.write_chunk(&id2, offset, &body2)).await??;
+    let chunk = crate::storage::Chunk {
+        offset,
+        length: len,
+        sha256: actual.clone(),
+    };
+    tokio::task::spawn_blocking(move || store.write_chunk(&id2, &chunk, &body2)).await??;
     let new_bytes = (len - covered) as i64;
     let now = crate::now();
     st.db
@@ -830,7 +863,8 @@ pub async fn complete(
             }),
         )
         .await;
-    let held = chunk_ranges(&st.db.all_chunks(&id).await?);
+    let rows = st.db.all_chunks(&id).await?;
+    let held = chunk_ranges(&rows);
     let missing = gaps(&held, size);
     if !missing.is_empty() {
         let n: u64 = missing.iter().map(|(s, e)| e - s).sum();
@@ -862,46 +896,45 @@ pub async fn complete(
             ));
         }
     }
+    // One pass: the store writes the image while the bytes are hashed.
     let store = st.store.clone();
     let id2 = id.clone();
-    let actual = match manifest {
-        None => {
-            let (n, digest) =
-                tokio::task::spawn_blocking(move || store.hash_upload(&id2)).await??;
-            if n != size {
-                return Err(ApiError::internal(format!(
-                    "upload {id} holds {n} bytes, expected {size}"
-                )));
-            }
-            hex::encode(digest)
-        }
-        Some(m) => {
-            let (digest, bad) =
-                tokio::task::spawn_blocking(move || hash_with_manifest(&*store, &id2, &m))
-                    .await??;
-            if !bad.is_empty() {
-                return Err(ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "chunk_mismatch",
-                    format!(
-                        "{} chunks of the manifest differ from the bytes received (first at offset {}); delete this upload and send the image again",
-                        bad.len(),
-                        bad[0]
-                    ),
-                )
-                .with_details(serde_json::json!({ "offsets": bad })));
-            }
-            hex::encode(digest)
-        }
+    let chunks: Vec<crate::storage::Chunk> = rows.iter().map(Into::into).collect();
+    let (actual, bad) = tokio::task::spawn_blocking(move || {
+        let mut v = Verifier::new(manifest.unwrap_or_default());
+        store.assemble(&id2, &chunks, size, &mut |b: &[u8]| v.update(b))?;
+        Ok::<_, std::io::Error>(v.finish())
+    })
+    .await??;
+    let refused = if !bad.is_empty() {
+        Some(
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "chunk_mismatch",
+                format!(
+                    "{} chunks of the manifest differ from the bytes received (first at offset {}); delete this upload and send the image again",
+                    bad.len(),
+                    bad[0]
+                ),
+            )
+            .with_details(serde_json::json!({ "offsets": bad })),
+        )
+    } else {
+        expected.filter(|e| *e != actual).map(|expected| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "checksum_mismatch",
+                format!(
+                    "the uploaded bytes hash to {actual}, not {expected}; delete this upload and send the image again"
+                ),
+            )
+        })
     };
-    if let Some(expected) = expected.filter(|e| *e != actual) {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "checksum_mismatch",
-            format!(
-                "the uploaded bytes hash to {actual}, not {expected}; delete this upload and send the image again"
-            ),
-        ));
+    if let Some(err) = refused {
+        let store = st.store.clone();
+        let id2 = id.clone();
+        tokio::task::spawn_blocking(move || store.discard_assembly(&id2)).await??;
+        return Err(err);
     }
     let store = st.store.clone();
     let id2 = id.clone();
@@ -921,6 +954,19 @@ pub async fn complete(
         ));
     }
     st.uploads.forget(&id);
+    // Stores that keep chunks apart free them now that the image is the
+    // record; a failure only leaves garbage behind, never loses the image.
+    let store = st.store.clone();
+    let id2 = id.clone();
+    match tokio::task::spawn_blocking(move || store.delete_upload(&id2)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(upload = %id, error = %e, "cannot free the chunks of a completed upload")
+        }
+        Err(e) => {
+            tracing::warn!(upload = %id, error = %e, "cannot free the chunks of a completed upload")
+        }
+    }
     st.metrics.upload_completed(size);
     st.wake.notify_waiters();
     tracing::info!(upload = %id, size, sha256 = %actual, "upload complete, queued for analysis");
@@ -943,6 +989,29 @@ mod tests {
         assert_eq!(gaps(&m, 60), vec![(8, 10), (30, 40), (50, 60)]);
         assert_eq!(gaps(&[], 7), vec![(0, 7)]);
         assert_eq!(gaps(&[(0, 7)], 7), vec![]);
+    }
+
+    #[test]
+    fn verifier_checks_manifest_chunks_across_any_cuts() {
+        let data: Vec<u8> = (0..1000u32).map(|i| (i % 253) as u8).collect();
+        let h = |b: &[u8]| hex::encode(Sha256::digest(b));
+        let manifest = vec![
+            (0, 300, h(&data[..300])),
+            (300, 1, "0".repeat(64)),
+            (301, 699, h(&data[301..])),
+        ];
+        for cut in [1usize, 7, 300, 301, 1000] {
+            let mut v = Verifier::new(manifest.clone());
+            for piece in data.chunks(cut) {
+                v.update(piece);
+            }
+            let (whole, bad) = v.finish();
+            assert_eq!(whole, h(&data));
+            assert_eq!(bad, vec![300], "pieces of {cut}");
+        }
+        let mut v = Verifier::new(Vec::new());
+        v.update(&data);
+        assert_eq!(v.finish(), (h(&data), vec![]));
     }
 
     #[tokio::test]

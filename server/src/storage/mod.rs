@@ -1,18 +1,31 @@
-//! Where image bytes live. [`ImageStore`] is the seam for issue 8's object
-//! storage; [`LocalStore`] keeps them in the data directory:
+//! Where image bytes live, behind one trait, [`ImageStore`], with two
+//! backends chosen by configuration (`storage = "local" | "s3"`):
 //!
-//! - `uploads/<id>.part`: a sparse file of the declared size, written with
-//!   positioned writes and `fdatasync` before a chunk is acknowledged;
-//! - `images/<id>.qcow2`: the verified image, renamed into place atomically.
+//! - [`LocalStore`]: the data directory (the default);
+//! - [`S3Store`]: an S3-compatible bucket (AWS S3, MinIO, Ceph RGW,
+//!   Garage...), keeping no local state, so several server processes can
+//!   share it (see `docs/storage.md`).
 //!
-//! Paths are only ever built from server-generated ids (checked again here),
-//! never from anything a client sent.
+//! An upload's chunks are named by what the database records of them
+//! ([`Chunk`]: offset, length, SHA-256), so a store never has to guess which
+//! bytes of a retried or overlapping chunk count: the database is the
+//! authority on what was acknowledged. Completion streams the chunks in
+//! order once ([`ImageStore::assemble`]), hashing them on the way while the
+//! store writes the image; only a verified image is made visible
+//! ([`ImageStore::finalize`]).
+//!
+//! Paths and keys are only ever built from server-generated ids (checked
+//! again here), never from anything a client sent.
 
-use sha2::{Digest, Sha256};
-use std::fs::{File, OpenOptions};
+mod cache;
+mod local;
+mod s3;
+
+pub use cache::BlockCache;
+pub use local::{hash_file, LocalStore};
+pub use s3::{S3Config, S3Store};
+
 use std::io;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Positioned reads of a stored image, for the QCOW2 reader.
@@ -22,25 +35,69 @@ pub type ImageReader = Arc<dyn qcow2::ReadAt>;
 /// the syscall count low; two buffers alternate between reader and hasher.
 pub const STREAM_BUF: usize = 8 << 20;
 
+/// A received chunk as the database records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    /// Byte offset in the image.
+    pub offset: u64,
+    /// Length in bytes.
+    pub length: u64,
+    /// SHA-256 of its bytes, 64 lowercase hex digits.
+    pub sha256: String,
+}
+
+impl Chunk {
+    /// One past its last byte.
+    pub fn end(&self) -> u64 {
+        self.offset.saturating_add(self.length)
+    }
+}
+
+impl From<&crate::db::ChunkRow> for Chunk {
+    fn from(c: &crate::db::ChunkRow) -> Chunk {
+        Chunk {
+            offset: c.offset.max(0) as u64,
+            length: c.length.max(0) as u64,
+            sha256: c.sha256.clone(),
+        }
+    }
+}
+
+/// Receives the bytes of an upload in order while it is assembled.
+pub type Sink<'a> = &'a mut dyn FnMut(&[u8]);
+
 /// Storage of uploads in progress and of complete images. Calls block: run
-/// them on a blocking thread.
+/// them on a blocking thread (never on an async runtime's worker thread).
 pub trait ImageStore: Send + Sync + 'static {
-    /// Prepares an upload of `size` bytes.
+    /// Prepares an upload of `size` bytes (0: not known yet).
     fn create_upload(&self, id: &str, size: u64) -> io::Result<()>;
-    /// Writes a chunk; when this returns, the bytes survive a crash.
-    fn write_chunk(&self, id: &str, offset: u64, data: &[u8]) -> io::Result<()>;
-    /// Reads back part of an upload (to compare overlapping re-sends).
-    fn read_upload(&self, id: &str, offset: u64, buf: &mut [u8]) -> io::Result<()>;
-    /// Size and SHA-256 of the whole upload, streamed.
-    fn hash_upload(&self, id: &str) -> io::Result<(u64, [u8; 32])>;
-    /// Makes a verified upload the stored image, atomically; idempotent.
+    /// Stores a chunk whose SHA-256 was checked; when this returns, the
+    /// bytes survive a crash.
+    fn write_chunk(&self, id: &str, chunk: &Chunk, data: &[u8]) -> io::Result<()>;
+    /// Reads bytes `[offset, offset + buf.len())` of the upload as held by
+    /// `chunk` (to compare an overlapping re-send with it).
+    fn read_chunk(&self, id: &str, chunk: &Chunk, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Streams bytes `[0, size)` of an upload, in order, through `sink`,
+    /// and writes them as the image to be finalized. `chunks` are the
+    /// acknowledged chunks, covering `[0, size)` (overlaps hold equal
+    /// bytes). Memory stays bounded whatever the size.
+    fn assemble(&self, id: &str, chunks: &[Chunk], size: u64, sink: Sink<'_>) -> io::Result<()>;
+    /// Makes the assembled, verified upload the stored image; idempotent.
     fn finalize(&self, id: &str) -> io::Result<()>;
-    /// Drops an unfinished upload and its space.
+    /// Drops what [`ImageStore::assemble`] wrote for an upload that failed
+    /// verification (the upload itself stays).
+    fn discard_assembly(&self, id: &str) -> io::Result<()>;
+    /// Drops an upload's chunks: unfinished, or completed (once the
+    /// database says so; stores that keep chunks apart free them then).
     fn delete_upload(&self, id: &str) -> io::Result<()>;
     /// Opens a complete image for positioned reads.
     fn open_image(&self, id: &str) -> io::Result<ImageReader>;
     /// Removes a complete image.
     fn delete_image(&self, id: &str) -> io::Result<()>;
+    /// `local` or `s3`.
+    fn backend(&self) -> &'static str;
+    /// Appends the store's own Prometheus metrics.
+    fn render_metrics(&self, _out: &mut String) {}
 }
 
 /// Ids are 32 lowercase hex digits; anything else never reaches a path.
@@ -62,154 +119,61 @@ fn check_id(id: &str) -> io::Result<()> {
     }
 }
 
-/// Images under a local directory.
-#[derive(Debug, Clone)]
-pub struct LocalStore {
-    uploads: PathBuf,
-    images: PathBuf,
+/// Chunk checksums become object names: 64 lowercase hex digits only.
+fn upload_sha_ok(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-impl LocalStore {
-    /// Uses (creating) `uploads/` and `images/` under `root`.
-    pub fn open(root: &Path) -> io::Result<Self> {
-        let uploads = root.join("uploads");
-        let images = root.join("images");
-        std::fs::create_dir_all(&uploads)?;
-        std::fs::create_dir_all(&images)?;
-        Ok(LocalStore { uploads, images })
-    }
-
-    fn part_path(&self, id: &str) -> io::Result<PathBuf> {
-        check_id(id)?;
-        Ok(self.uploads.join(format!("{id}.part")))
-    }
-
-    fn image_path(&self, id: &str) -> io::Result<PathBuf> {
-        check_id(id)?;
-        Ok(self.images.join(format!("{id}.qcow2")))
-    }
-
-    /// The upload's bytes: the part file, or, after a crash between the
-    /// rename and the database update, the already renamed image.
-    fn upload_file(&self, id: &str, write: bool) -> io::Result<File> {
-        let part = self.part_path(id)?;
-        match OpenOptions::new().read(true).write(write).open(&part) {
-            // Never write into a finalized image.
-            Err(e) if e.kind() == io::ErrorKind::NotFound && !write => {
-                File::open(self.image_path(id)?)
+/// Pieces `(chunk, start, end)` that tile `[0, size)` in order, each read
+/// from one chunk; the chunk reaching furthest is preferred, so overlaps
+/// are read once. Fails when the chunks leave a gap.
+pub fn tiling(chunks: &[Chunk], size: u64) -> io::Result<Vec<(&Chunk, u64, u64)>> {
+    let mut sorted: Vec<&Chunk> = chunks.iter().filter(|c| c.length > 0).collect();
+    sorted.sort_by_key(|c| c.offset);
+    let mut out = Vec::new();
+    let mut pos = 0u64;
+    let mut i = 0;
+    let mut best: Option<&Chunk> = None;
+    while pos < size {
+        while let Some(c) = sorted.get(i).filter(|c| c.offset <= pos) {
+            if best.is_none_or(|b| c.end() > b.end()) {
+                best = Some(c);
             }
-            other => other,
+            i += 1;
         }
-    }
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// SHA-256 of a whole file with large reads; a reader thread fills one
-/// buffer while this thread hashes the other.
-pub fn hash_file(file: &File) -> io::Result<(u64, [u8; 32])> {
-    let size = file.metadata()?.len();
-    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(1);
-    let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
-    let reader = file.try_clone()?;
-    let handle = std::thread::spawn(move || {
-        let mut pos = 0u64;
-        let mut spare = vec![vec![0u8; STREAM_BUF], vec![0u8; STREAM_BUF]];
-        while pos < size {
-            let mut buf = match spare.pop() {
-                Some(b) => b,
-                None => match back_rx.recv() {
-                    Ok(b) => b,
-                    Err(_) => return,
-                },
-            };
-            let n = (size - pos).min(STREAM_BUF as u64) as usize;
-            buf.resize(n, 0);
-            let r = reader.read_exact_at(&mut buf, pos).map(|_| buf);
-            let failed = r.is_err();
-            if tx.send(r).is_err() || failed {
-                return;
+        match best.filter(|b| b.end() > pos) {
+            Some(b) => {
+                let end = b.end().min(size);
+                out.push((b, pos, end));
+                pos = end;
             }
-            pos += n as u64;
+            None => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("the upload's chunks leave bytes from {pos} missing"),
+                ))
+            }
         }
-    });
-    let mut hasher = Sha256::new();
-    let mut total = 0u64;
-    while total < size {
-        let buf = rx
-            .recv()
-            .map_err(|_| io::Error::other("hash reader thread stopped"))??;
-        hasher.update(&buf);
-        total += buf.len() as u64;
-        let _ = back_tx.send(buf);
     }
-    drop(back_tx);
-    let _ = handle.join();
-    Ok((total, hasher.finalize().into()))
+    Ok(out)
 }
 
-impl ImageStore for LocalStore {
-    fn create_upload(&self, id: &str, size: u64) -> io::Result<()> {
-        let path = self.part_path(id)?;
-        let f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
-        // Sparse: space is used only as chunks arrive.
-        f.set_len(size)?;
-        f.sync_all()?;
-        sync_dir(&self.uploads)
-    }
-
-    fn write_chunk(&self, id: &str, offset: u64, data: &[u8]) -> io::Result<()> {
-        let f = self.upload_file(id, true)?;
-        f.write_all_at(data, offset)?;
-        // fdatasync also flushes the block allocation needed to read the
-        // data back, so the chunk survives a crash once this returns.
-        f.sync_data()
-    }
-
-    fn read_upload(&self, id: &str, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.upload_file(id, false)?.read_exact_at(buf, offset)
-    }
-
-    fn hash_upload(&self, id: &str) -> io::Result<(u64, [u8; 32])> {
-        hash_file(&self.upload_file(id, false)?)
-    }
-
-    fn finalize(&self, id: &str) -> io::Result<()> {
-        let part = self.part_path(id)?;
-        let image = self.image_path(id)?;
-        match File::open(&part) {
-            Ok(f) => f.sync_all()?,
-            // Already renamed by an earlier attempt that crashed before the
-            // database update.
-            Err(e) if e.kind() == io::ErrorKind::NotFound && image.exists() => return Ok(()),
-            Err(e) => return Err(e),
+/// Opens the configured store.
+pub async fn open(
+    backend: &crate::config::StorageConfig,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<Arc<dyn ImageStore>> {
+    use anyhow::Context;
+    match backend {
+        crate::config::StorageConfig::Local => {
+            let store = LocalStore::open(data_dir).with_context(|| {
+                format!("cannot prepare image storage in {}", data_dir.display())
+            })?;
+            Ok(Arc::new(store))
         }
-        std::fs::rename(&part, &image)?;
-        sync_dir(&self.images)?;
-        sync_dir(&self.uploads)
-    }
-
-    fn delete_upload(&self, id: &str) -> io::Result<()> {
-        match std::fs::remove_file(self.part_path(id)?) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            other => other,
-        }
-    }
-
-    fn open_image(&self, id: &str) -> io::Result<ImageReader> {
-        Ok(Arc::new(File::open(self.image_path(id)?)?))
-    }
-
-    fn delete_image(&self, id: &str) -> io::Result<()> {
-        match std::fs::remove_file(self.image_path(id)?) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            other => other,
-        }
+        crate::config::StorageConfig::S3(cfg) => Ok(Arc::new(S3Store::connect(cfg).await?)),
     }
 }
 
@@ -230,23 +194,27 @@ mod tests {
         }
     }
 
+    fn c(offset: u64, length: u64) -> Chunk {
+        Chunk {
+            offset,
+            length,
+            sha256: String::new(),
+        }
+    }
+
     #[test]
-    fn chunks_then_finalize() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = LocalStore::open(dir.path()).unwrap();
-        let id = "00112233445566778899aabbccddeeff";
-        s.create_upload(id, 10).unwrap();
-        s.write_chunk(id, 5, b"world").unwrap();
-        s.write_chunk(id, 0, b"hello").unwrap();
-        let (n, h) = s.hash_upload(id).unwrap();
-        assert_eq!(n, 10);
-        assert_eq!(h, <[u8; 32]>::from(Sha256::digest(b"helloworld")));
-        s.finalize(id).unwrap();
-        s.finalize(id).unwrap();
-        let r = s.open_image(id).unwrap();
-        let mut buf = [0u8; 10];
-        r.read_exact_at(&mut buf, 0).unwrap();
-        assert_eq!(&buf, b"helloworld");
-        assert!(s.write_chunk("../x", 0, b"").is_err());
+    fn tilings_prefer_the_furthest_chunk_and_find_gaps() {
+        let chunks = [c(0, 10), c(5, 20), c(10, 5), c(25, 5)];
+        let t: Vec<(u64, u64, u64)> = tiling(&chunks, 30)
+            .unwrap()
+            .iter()
+            .map(|(c, s, e)| (c.offset, *s, *e))
+            .collect();
+        assert_eq!(t, vec![(0, 0, 10), (5, 10, 25), (25, 25, 30)]);
+        // Past the size is cut; a gap is an error.
+        assert_eq!(tiling(&chunks, 12).unwrap().len(), 2);
+        assert!(tiling(&[c(0, 10), c(11, 5)], 16).is_err());
+        assert!(tiling(&[c(1, 10)], 11).is_err());
+        assert!(tiling(&[], 0).unwrap().is_empty());
     }
 }
