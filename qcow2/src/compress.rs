@@ -14,6 +14,11 @@ use zstd::stream::raw::{DParameter, Decoder, InBuffer, Operation, OutBuffer};
 const DEFLATE_WINDOW_BITS: u8 = 12;
 /// Largest zstd window a cluster can need (2 MiB clusters), plus slack.
 const ZSTD_WINDOW_LOG_MAX: u32 = 22;
+/// zstd level of written clusters. On 64 KiB clusters of ext4 metadata,
+/// level 4 (lazy matching) is 5% smaller than the default 3 (what qemu-img
+/// uses) for about a third more compression time, which is still a small
+/// part of an export; level 5 and up cost 4x and more.
+pub(crate) const ZSTD_LEVEL: i32 = 4;
 
 /// A reusable decompressor for one thread.
 pub(crate) struct Decompressor {
@@ -121,7 +126,7 @@ impl Compressor {
                 DEFLATE_WINDOW_BITS,
             )),
             CompressionType::Zstd => Compressor::Zstd(
-                zstd::bulk::Compressor::new(zstd::DEFAULT_COMPRESSION_LEVEL)
+                zstd::bulk::Compressor::new(ZSTD_LEVEL)
                     .map_err(|e| Error::io("creating a zstd compressor", e))?,
             ),
         })

@@ -3,11 +3,14 @@
 //!
 //! * Replacements are **numbered**: a name of four bytes or more becomes a
 //!   filler fixed per length (keyed, so two exports look unrelated) followed
-//!   by a number of up to six base-36 digits. Numbers are handed out in the
-//!   order names are met (disk order), so they say nothing about the names,
-//!   and a block's replacements differ only in their last characters: they
-//!   compress like the originals rather than like random text. Shorter names
-//!   (and names with bytes that must stay) are keyed PRF output instead.
+//!   by a number of up to eight hex digits. Numbers are handed out per
+//!   length in the order names are met (disk order), so they say nothing
+//!   about the names, and a block's replacements differ only in their last
+//!   characters: they compress like the originals rather than like random
+//!   text (hex rather than base 36: in a directory filled in order, names
+//!   and inode numbers then repeat with the same period, which zstd finds).
+//!   Shorter names (and names with bytes that must stay) are keyed PRF
+//!   output instead.
 //! * The **canonical** replacement of a name is the one numbered at its first
 //!   appearance (a keyed PRF of the name for short ones). It is what every
 //!   linear directory and every symlink component gets, so the same name maps
@@ -45,8 +48,9 @@ const DOMAIN_FILLER: u64 = 0x6669_6c6c_0000_0000;
 
 /// Names this long or longer get numbered replacements.
 const NUMBERED_MIN_LEN: usize = 4;
-/// Digits of a numbered replacement (36^6: two billion numbers).
-const NUMBER_DIGITS: usize = 6;
+/// Hex digits of a numbered replacement (at most; fewer in shorter names).
+const NUMBER_DIGITS: usize = 8;
+const HEX: &[u8; 16] = b"0123456789abcdef";
 /// Bytes per chunk of the replacement store.
 const STORE_CHUNK: usize = 1 << 20;
 
@@ -239,8 +243,8 @@ pub struct Namer {
     memo: HashMap<(u32, u64), u32, FpBuild>,
     /// Fingerprint of an original -> its canonical number.
     numbers: HashMap<u64, u64, FpBuild>,
-    /// The next number to hand out.
-    next_number: u64,
+    /// The next number to hand out, by name length.
+    next_number: Vec<u64>,
     /// Keyed filler by name length (empty until first needed).
     fillers: Vec<Vec<u8>>,
     /// Pools by (hash version, length, wide charset).
@@ -263,7 +267,7 @@ impl Namer {
             used: HashSet::default(),
             memo: HashMap::default(),
             numbers: HashMap::default(),
-            next_number: 0,
+            next_number: Vec::new(),
             fillers: Vec::new(),
             pools: HashMap::new(),
             pool_entries: 0,
@@ -317,7 +321,7 @@ impl Namer {
     }
 
     /// Replacement number `n` for names of length `len`: the filler, then
-    /// `n` in base 36 (most significant digit first, so consecutive numbers
+    /// `n` in hex (most significant digit first, so consecutive numbers
     /// share all but the last characters). `None` when the digits cannot
     /// hold `n` or the length is too short.
     pub(crate) fn numbered(&mut self, len: usize, n: u64) -> Option<Vec<u8>> {
@@ -325,7 +329,7 @@ impl Namer {
             return None;
         }
         let w = len.min(NUMBER_DIGITS);
-        if n >= 36u64.pow(w as u32) {
+        if n >= 16u64.pow(w as u32) {
             return None;
         }
         let mut out = Vec::with_capacity(len);
@@ -333,17 +337,20 @@ impl Namer {
         let mut digits = [0u8; NUMBER_DIGITS];
         let mut v = n;
         for d in digits[..w].iter_mut().rev() {
-            *d = BASE36[(v % 36) as usize];
-            v /= 36;
+            *d = HEX[(v % 16) as usize];
+            v /= 16;
         }
         out.extend_from_slice(&digits[..w]);
         Some(out)
     }
 
-    /// A number never handed out before.
-    fn fresh_number(&mut self) -> u64 {
-        let n = self.next_number;
-        self.next_number += 1;
+    /// A number never handed out before for names of length `len`.
+    fn fresh_number(&mut self, len: usize) -> u64 {
+        if self.next_number.len() <= len {
+            self.next_number.resize(len + 1, 0);
+        }
+        let n = self.next_number[len];
+        self.next_number[len] += 1;
         n
     }
 
@@ -355,7 +362,7 @@ impl Namer {
             let n = match self.numbers.get(&fp) {
                 Some(&n) => n,
                 None => {
-                    let n = self.fresh_number();
+                    let n = self.fresh_number(name.len());
                     self.numbers.insert(fp, n);
                     n
                 }
@@ -560,7 +567,7 @@ impl Namer {
                 return None;
             }
             for k in 1..MAX_DRAWS {
-                let n = self.fresh_number();
+                let n = self.fresh_number(len);
                 let c = match self.numbered(len, n) {
                     Some(c) => c,
                     None => self.keyed(name, k, &|_| false),
@@ -624,7 +631,7 @@ impl Namer {
         let mut found = None;
         let mut fresh = Vec::new();
         for _ in 0..MAX_DRAWS {
-            let i = self.fresh_number();
+            let i = self.fresh_number(len);
             let c = self.pool_name(v, len, i);
             let h = dirhash(t.version, &c, &t.seed).0;
             self.stats.hashes += 1;
@@ -933,10 +940,10 @@ mod tests {
     #[test]
     fn out_of_numbers_falls_back_to_keyed_names() {
         let mut n = namer();
-        assert!(n.numbered(4, 36u64.pow(4) - 1).is_some());
-        assert!(n.numbered(4, 36u64.pow(4)).is_none());
+        assert!(n.numbered(4, 16u64.pow(4) - 1).is_some());
+        assert!(n.numbered(4, 16u64.pow(4)).is_none());
         assert!(n.numbered(3, 0).is_none());
-        n.next_number = 36u64.pow(4) - 2;
+        n.next_number = vec![0, 0, 0, 0, 16u64.pow(4) - 2];
         let mut seen = HashSet::new();
         for i in 0..200u32 {
             let name = format!("{i:04}");
