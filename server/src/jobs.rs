@@ -162,6 +162,11 @@ async fn ingest(state: &AppState, job: &Job) -> Outcome {
     let id2 = id.clone();
     let started = std::time::Instant::now();
     let analysis = tokio::task::spawn_blocking(move || {
+        // Chunks a completion interrupted after its commit left behind
+        // (stores that keep chunks apart; a no-op otherwise).
+        if let Err(e) = store.delete_upload(&id2) {
+            tracing::warn!(image = %id2, error = %e, "cannot free the chunks of a completed upload");
+        }
         let reader = store
             .open_image(&id2)
             .map_err(|e| IngestError::Temporary(format!("cannot open the stored image: {e}")))?;

@@ -378,3 +378,31 @@ async fn streaming_upload_retries_and_cleanup_on_s3() {
     have.sort();
     assert_eq!(have, want);
 }
+
+/// A bucket that does not exist, or an unknown backend, stops the server
+/// at start with a message that names the setting to fix.
+#[test]
+fn a_missing_bucket_stops_the_server_at_start() {
+    let Some(moto) = Moto::start() else { return };
+    let tmp = testkit::tempdir();
+    let run = |env: &[(String, String)]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_support-server"))
+            .arg("--data-dir")
+            .arg(tmp.path())
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env_remove("DATABASE_URL")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run(&moto.env("no-such-bucket", ""));
+    assert!(err.contains("cannot reach bucket no-such-bucket"), "{err}");
+    let mut env = moto.env("x", "");
+    env.retain(|(k, _)| k != "SUPPORT_S3_BUCKET");
+    let err = run(&env);
+    assert!(err.contains("SUPPORT_S3_BUCKET"), "{err}");
+    let err = run(&[("SUPPORT_STORAGE".to_string(), "ftp".to_string())]);
+    assert!(err.contains("storage must be `local` or `s3`"), "{err}");
+}

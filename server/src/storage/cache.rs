@@ -141,13 +141,16 @@ impl BlockCache {
 
     /// Fills `buf` from `offset` of the object `name` of `size` bytes;
     /// `fetch` gets a byte range of the object (block-aligned, within
-    /// `size`) and must return exactly that many bytes.
+    /// `size`) and must return exactly that many bytes. Up to `ahead` bytes
+    /// of blocks after the read that nobody holds or fetches are fetched in
+    /// the same request (read-ahead for sequential readers).
     pub fn read(
         &self,
         name: &Arc<str>,
         size: u64,
         buf: &mut [u8],
         offset: u64,
+        ahead: u64,
         fetch: &dyn Fn(Range<u64>) -> io::Result<Bytes>,
     ) -> io::Result<()> {
         let end = offset
@@ -168,6 +171,7 @@ impl BlockCache {
         let first = offset / self.block;
         let last = (end - 1) / self.block;
         let mut pending: Vec<u64> = (first..=last).collect();
+        let mut ahead_blocks = ahead.div_ceil(self.block);
         while !pending.is_empty() {
             // Under the lock: take what is cached, claim what nobody fetches.
             let mut claims = Claims {
@@ -190,6 +194,21 @@ impl BlockCache {
                         claims.blocks.push(b);
                     }
                 }
+                // Read-ahead: the following blocks up to the first one held
+                // or being fetched, within the object.
+                let blocks = size.div_ceil(self.block);
+                let mut b = last + 1;
+                while ahead_blocks > 0 && b < blocks {
+                    let key = (name.clone(), b);
+                    if s.map.contains_key(&key) || s.inflight.contains(&key) {
+                        break;
+                    }
+                    s.inflight.insert(key);
+                    claims.blocks.push(b);
+                    ahead_blocks -= 1;
+                    b += 1;
+                }
+                ahead_blocks = 0;
             }
             self.stats.hits.fetch_add(hits.len() as u64, Relaxed);
             for (b, data) in &hits {
@@ -250,7 +269,9 @@ impl BlockCache {
                 // A copy per block, so an evicted block frees its memory
                 // even while its neighbours stay.
                 let block = Bytes::copy_from_slice(&data[from..to]);
-                self.copy_out(b, &block, buf, offset)?;
+                if b * self.block < offset + buf.len() as u64 {
+                    self.copy_out(b, &block, buf, offset)?;
+                }
                 s.insert((name.clone(), b), block, self.capacity);
             }
             i = j;
@@ -310,13 +331,13 @@ mod tests {
         let name: Arc<str> = "a".into();
         for (off, len) in [(0, 1), (999, 2), (1500, 3000), (9990, 10), (0, 10_000)] {
             let mut buf = vec![0u8; len];
-            c.read(&name, 10_000, &mut buf, off as u64, &f).unwrap();
+            c.read(&name, 10_000, &mut buf, off as u64, 0, &f).unwrap();
             assert_eq!(buf, &data[off..off + len], "at {off}+{len}");
         }
         // Everything is cached now: one more whole read fetches nothing.
         let before = req.load(Relaxed);
         let mut buf = vec![0u8; 10_000];
-        c.read(&name, 10_000, &mut buf, 0, &f).unwrap();
+        c.read(&name, 10_000, &mut buf, 0, 0, &f).unwrap();
         assert_eq!(req.load(Relaxed), before);
         assert_eq!(by.load(Relaxed), 10_000, "each byte fetched once");
         // Contiguous misses went out as one request: [0,1000) [0,2000)->
@@ -333,17 +354,17 @@ mod tests {
         let c = BlockCache::new(64, 1024);
         let name: Arc<str> = "a".into();
         let mut buf = [0u8; 10];
-        let e = c.read(&name, 100, &mut buf, 95, &f).unwrap_err();
+        let e = c.read(&name, 100, &mut buf, 95, 0, &f).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
-        assert!(c.read(&name, 100, &mut buf, u64::MAX - 3, &f).is_err());
+        assert!(c.read(&name, 100, &mut buf, u64::MAX - 3, 0, &f).is_err());
         assert_eq!(req.load(Relaxed), 0);
         // A store that returns short data is an error too.
         let short = |_r: Range<u64>| Ok(Bytes::from_static(b"xy"));
-        assert!(c.read(&name, 100, &mut buf, 0, &short).is_err());
+        assert!(c.read(&name, 100, &mut buf, 0, 0, &short).is_err());
         // Errors from the store pass through and leave nothing claimed.
         let failing = |_r: Range<u64>| Err(io::Error::other("down"));
-        assert!(c.read(&name, 100, &mut buf, 0, &failing).is_err());
-        c.read(&name, 100, &mut buf, 0, &f).unwrap();
+        assert!(c.read(&name, 100, &mut buf, 0, 0, &failing).is_err());
+        c.read(&name, 100, &mut buf, 0, 0, &f).unwrap();
         assert_eq!(&buf, &data[..10]);
     }
 
@@ -356,23 +377,23 @@ mod tests {
         let name: Arc<str> = "a".into();
         let mut buf = vec![0u8; 1];
         for b in 0..100u64 {
-            c.read(&name, 100_000, &mut buf, b * 1000, &f).unwrap();
+            c.read(&name, 100_000, &mut buf, b * 1000, 0, &f).unwrap();
             assert!(c.bytes() <= 5000, "{} bytes held", c.bytes());
         }
         assert_eq!(c.bytes(), 5000);
         // Blocks 95-99 are held; touch 95, read 90: 96 goes, 95 stays.
         let n = req.load(Relaxed);
-        c.read(&name, 100_000, &mut buf, 95_000, &f).unwrap();
+        c.read(&name, 100_000, &mut buf, 95_000, 0, &f).unwrap();
         assert_eq!(req.load(Relaxed), n);
-        c.read(&name, 100_000, &mut buf, 90_000, &f).unwrap();
+        c.read(&name, 100_000, &mut buf, 90_000, 0, &f).unwrap();
         assert_eq!(req.load(Relaxed), n + 1);
-        c.read(&name, 100_000, &mut buf, 95_000, &f).unwrap();
+        c.read(&name, 100_000, &mut buf, 95_000, 0, &f).unwrap();
         assert_eq!(req.load(Relaxed), n + 1);
-        c.read(&name, 100_000, &mut buf, 96_000, &f).unwrap();
+        c.read(&name, 100_000, &mut buf, 96_000, 0, &f).unwrap();
         assert_eq!(req.load(Relaxed), n + 2);
         // A read larger than the cache still returns the right bytes.
         let mut big = vec![0u8; 50_000];
-        c.read(&name, 100_000, &mut big, 25_500, &f).unwrap();
+        c.read(&name, 100_000, &mut big, 25_500, 0, &f).unwrap();
         assert_eq!(big, &data[25_500..75_500]);
         assert!(c.bytes() <= 5000);
         // Eviction by name.
@@ -380,8 +401,34 @@ mod tests {
         assert_eq!(c.bytes(), 0);
         // Capacity 0 keeps nothing.
         let none = BlockCache::new(1000, 0);
-        none.read(&name, 100_000, &mut buf, 0, &f).unwrap();
+        none.read(&name, 100_000, &mut buf, 0, 0, &f).unwrap();
         assert_eq!(none.bytes(), 0);
+    }
+
+    #[test]
+    fn read_ahead_brings_following_blocks_in_the_same_request() {
+        let data = object(10_500);
+        let (req, by) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let f = fetcher(&data, &req, &by);
+        let c = BlockCache::new(1000, 1 << 20);
+        let name: Arc<str> = "a".into();
+        let mut buf = vec![0u8; 10];
+        c.read(&name, 10_500, &mut buf, 995, 2500, &f).unwrap();
+        assert_eq!(buf, &data[995..1005]);
+        // Blocks 0-1 for the read, 2-4 ahead: one request.
+        assert_eq!((req.load(Relaxed), by.load(Relaxed)), (1, 5000));
+        c.read(&name, 10_500, &mut buf, 4990, 0, &f).unwrap();
+        assert_eq!(buf, &data[4990..5000]);
+        assert_eq!(req.load(Relaxed), 1);
+        // Read-ahead stops at a held block and at the end of the object.
+        c.read(&name, 10_500, &mut buf, 5000, 1_000_000, &f)
+            .unwrap();
+        assert_eq!((req.load(Relaxed), by.load(Relaxed)), (2, 10_500));
+        let mut tail = vec![0u8; 5500];
+        c.read(&name, 10_500, &mut tail, 5000, 1_000_000, &f)
+            .unwrap();
+        assert_eq!(tail, &data[5000..]);
+        assert_eq!(req.load(Relaxed), 2);
     }
 
     #[test]
@@ -408,7 +455,15 @@ mod tests {
                         let off = (seed >> 20) % (data.len() as u64 - 5000);
                         let len = ((seed >> 8) % 5000) as usize + 1;
                         let mut buf = vec![0u8; len];
-                        c.read(&name, data.len() as u64, &mut buf, off, &f).unwrap();
+                        c.read(
+                            &name,
+                            data.len() as u64,
+                            &mut buf,
+                            off,
+                            (seed % 3) * 4096,
+                            &f,
+                        )
+                        .unwrap();
                         assert_eq!(buf, &data[off as usize..off as usize + len]);
                     }
                 })

@@ -38,6 +38,10 @@ use tokio::runtime::Handle;
 /// Size of the cache blocks: one GET brings at least this much.
 pub const BLOCK_SIZE: u64 = 1 << 20;
 
+/// Largest read-ahead of a sequential reader (downloads, conversion): one
+/// GET brings up to this much more than asked.
+pub const READ_AHEAD: u64 = 8 << 20;
+
 /// Smallest multipart part (S3 requires 5 MiB for all but the last).
 const MIN_PART: u64 = 8 << 20;
 
@@ -375,6 +379,8 @@ impl ImageStore for S3Store {
             name: Arc::from(path.as_ref()),
             path,
             size: meta.size,
+            next: AtomicU64::new(u64::MAX),
+            streak: AtomicU64::new(0),
         }))
     }
 
@@ -453,6 +459,10 @@ struct S3Reader {
     name: Arc<str>,
     path: Path,
     size: u64,
+    /// Where a sequential reader reads next, and how many bytes it has
+    /// read contiguously.
+    next: AtomicU64,
+    streak: AtomicU64,
 }
 
 impl qcow2::ReadAt for S3Reader {
@@ -466,7 +476,26 @@ impl qcow2::ReadAt for S3Reader {
                 .fetch_add(data.len() as u64, Relaxed);
             Ok(data)
         };
-        inner.cache.read(&self.name, self.size, buf, offset, &fetch)
+        // Read-ahead only for a reader that has read at least a block
+        // contiguously (downloads, conversion), as much as it has read so
+        // far, up to READ_AHEAD; scattered reads (analyses) fetch only the
+        // blocks they touch.
+        let len = buf.len() as u64;
+        let sequential = self.next.swap(offset.saturating_add(len), Relaxed) == offset;
+        let streak = if sequential {
+            self.streak.fetch_add(len, Relaxed).saturating_add(len)
+        } else {
+            self.streak.store(len, Relaxed);
+            len
+        };
+        let ahead = if streak >= BLOCK_SIZE {
+            streak.min(READ_AHEAD)
+        } else {
+            0
+        };
+        inner
+            .cache
+            .read(&self.name, self.size, buf, offset, ahead, &fetch)
     }
 
     fn size(&self) -> io::Result<u64> {
@@ -508,7 +537,7 @@ mod tests {
             .build()
             .unwrap();
         let mem: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
-        let s = rt.block_on(async { S3Store::from_store(mem.clone(), "pre/fix/", 8 << 20) });
+        let s = rt.block_on(async { S3Store::from_store(mem.clone(), "pre/fix/", 64 << 20) });
         let data: Vec<u8> = (0..(20u32 << 20) + 12345)
             .map(|i| (i % 251) as u8)
             .collect();
@@ -571,9 +600,10 @@ mod tests {
         }
         let mut buf = [0u8; 8];
         assert!(r.read_exact_at(&mut buf, data.len() as u64 - 7).is_err());
-        // Blocks 0-5 and the short last one, once each: not the 20 MiB.
+        // Blocks 0-5, 5 MiB read-ahead after the 5 MiB read, and the short
+        // last block, once each: not the 20 MiB.
         let fetched = s.stats().read_bytes.load(Relaxed) - before;
-        assert_eq!(fetched, (6 << 20) + 12345);
+        assert_eq!(fetched, (11 << 20) + 12345);
         assert_eq!(s.stats().image_read_bytes.load(Relaxed), fetched);
 
         s.delete_image(id).unwrap();
@@ -581,6 +611,36 @@ mod tests {
         assert!(names("pre/fix").is_empty());
         assert!(s.open_image(id).is_err());
         assert!(s.write_chunk("../x", &o, b"").is_err());
+    }
+
+    #[test]
+    fn sequential_reads_grow_their_requests() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let mem: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let s = rt.block_on(async { S3Store::from_store(mem.clone(), "", 64 << 20) });
+        let id = "00112233445566778899aabbccddeeff";
+        let data: Vec<u8> = (0..(40u32 << 20) + 5).map(|i| (i / 7) as u8).collect();
+        let path = s.image_path(id).unwrap();
+        rt.block_on(mem.put(&path, PutPayload::from(data.clone())))
+            .unwrap();
+        let r = s.open_image(id).unwrap();
+        let mut pos = 0usize;
+        let mut buf = vec![0u8; 64 << 10];
+        while pos < data.len() {
+            let n = buf.len().min(data.len() - pos);
+            r.read_exact_at(&mut buf[..n], pos as u64).unwrap();
+            assert!(buf[..n] == data[pos..pos + n], "at {pos}");
+            pos += n;
+        }
+        // 1 MiB, then 1 + 1, 2, 4, 8, 8... MiB a request: a handful, not 40
+        // or 640.
+        let gets = s.stats().get_requests.load(Relaxed);
+        assert!(gets <= 9, "{gets} requests");
+        assert_eq!(s.stats().read_bytes.load(Relaxed), data.len() as u64);
     }
 
     #[test]
