@@ -4,6 +4,8 @@
 //! environment variable it or the `Dockerfile` sets for `support-server` must
 //! be one the server reads, and every command it runs must exist.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -164,8 +166,8 @@ fn parse_services(yaml: &str) -> BTreeMap<String, Service> {
     services
 }
 
-#[test]
-fn compose_file_is_valid_and_speaks_the_servers_language() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compose_file_is_valid_and_speaks_the_servers_language() {
     let Some(argv) = compose() else {
         return;
     };
@@ -248,6 +250,87 @@ fn compose_file_is_valid_and_speaks_the_servers_language() {
     assert_eq!(
         services["createbucket"].depends_on["minio"],
         "service_healthy"
+    );
+    assert_eq!(serving.len(), 1, "one serving service expected");
+    run_like_compose(migrate, serving[0]).await;
+}
+
+/// Replays the compose sequence with the real binary and each service's
+/// own environment, only pointing the host names at local stand-ins: a
+/// PostgreSQL of the test's own for `postgres`, moto for `minio` (its bucket
+/// created like `createbucket` does), a loopback port and a temporary data
+/// directory. `migrate` must succeed, then `serve` must start on those
+/// settings (every value parsed, the bucket reachable) and answer its
+/// health check.
+async fn run_like_compose(migrate: &Service, serve: &Service) {
+    let Some(pg) = common::Pg::start() else {
+        return;
+    };
+    let Some(moto) = common::Moto::start() else {
+        return;
+    };
+    let db = pg.url("support");
+    let tmp = testkit::tempdir();
+    let local = |env: &BTreeMap<String, String>| -> Vec<(String, String)> {
+        env.iter()
+            .map(|(k, v)| {
+                let v = match k.as_str() {
+                    "DATABASE_URL" => db.clone(),
+                    "SUPPORT_S3_ENDPOINT" => moto.endpoint.clone(),
+                    "SUPPORT_LISTEN" => "127.0.0.1:0".into(),
+                    "SUPPORT_DATA_DIR" => tmp.path().join("data").display().to_string(),
+                    _ => v.clone(),
+                };
+                (k.clone(), v)
+            })
+            .collect()
+    };
+    if let Some(bucket) = serve.environment.get("SUPPORT_S3_BUCKET") {
+        moto.create_bucket(bucket).await;
+    }
+    let bin = env!("CARGO_BIN_EXE_support-server");
+    let out = Command::new(bin)
+        .args(&migrate.command)
+        .env_clear()
+        .envs(local(&migrate.environment))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "migrate with the compose environment failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut child = Command::new(bin)
+        .args(&serve.command)
+        .env_clear()
+        .envs(local(&serve.environment))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut log = String::new();
+        for l in std::io::BufRead::lines(stderr).map_while(Result::ok) {
+            if let Some(a) = l.strip_prefix("support-server: listening on http://") {
+                let _ = tx.send(Ok(a.to_string()));
+            }
+            log.push_str(&l);
+            log.push('\n');
+        }
+        let _ = tx.send(Err(log));
+    });
+    let addr = rx.recv_timeout(std::time::Duration::from_secs(60));
+    let status = match &addr {
+        Ok(Ok(a)) => Some(http_get_status(a, "/healthz")),
+        _ => None,
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        status,
+        Some(200),
+        "serve with the compose environment did not come up: {addr:?}"
     );
 }
 
