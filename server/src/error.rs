@@ -94,6 +94,12 @@ impl From<crate::db::DbError> for ApiError {
 
 impl From<std::io::Error> for ApiError {
     fn from(e: std::io::Error) -> Self {
+        if crate::storage::is_unavailable(&e) {
+            tracing::warn!(error = %e, "image storage unavailable");
+            return ApiError::unavailable(
+                "the image store is unreachable for the moment; try again later",
+            );
+        }
         ApiError::internal(e)
     }
 }

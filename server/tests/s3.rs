@@ -377,6 +377,18 @@ async fn streaming_upload_retries_and_cleanup_on_s3() {
     let mut have = moto.list("stream", "").await;
     have.sort();
     assert_eq!(have, want);
+
+    // The store going away is a temporary error (503), not a crash.
+    let id4 = api.create(&admin, "CASE-ST", 1000).await;
+    drop(moto);
+    let (st, v) = api.put(&admin, &id4, 0, &data[..500]).await;
+    assert_eq!(
+        (st, &v["error"]["code"]),
+        (503, &json!("unavailable")),
+        "{v}"
+    );
+    let (st, _) = api.get("/healthz", &admin).await;
+    assert_eq!(st, 200);
 }
 
 /// A bucket that does not exist, or an unknown backend, stops the server

@@ -100,6 +100,18 @@ pub trait ImageStore: Send + Sync + 'static {
     fn render_metrics(&self, _out: &mut String) {}
 }
 
+/// The object storage could not be reached or refused a request: a
+/// temporary condition (answered 503, retried by jobs), carried inside an
+/// [`io::Error`].
+#[derive(Debug, thiserror::Error)]
+#[error("object storage: {0}")]
+pub struct Unavailable(pub String);
+
+/// Whether an I/O error is [`Unavailable`].
+pub fn is_unavailable(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|i| i.is::<Unavailable>())
+}
+
 /// Ids are 32 lowercase hex digits; anything else never reaches a path.
 pub fn valid_id(id: &str) -> bool {
     id.len() == 32

@@ -42,6 +42,9 @@ pub const BLOCK_SIZE: u64 = 1 << 20;
 /// GET brings up to this much more than asked.
 pub const READ_AHEAD: u64 = 8 << 20;
 
+/// How long a request to the object storage is retried.
+const RETRY_SECS: u64 = 30;
+
 /// Smallest multipart part (S3 requires 5 MiB for all but the last).
 const MIN_PART: u64 = 8 << 20;
 
@@ -103,7 +106,7 @@ pub struct S3Store {
 fn s3_error(e: object_store::Error) -> io::Error {
     match e {
         object_store::Error::NotFound { .. } => io::Error::new(io::ErrorKind::NotFound, e),
-        other => io::Error::other(format!("object storage: {other}")),
+        other => io::Error::other(super::Unavailable(other.to_string())),
     }
 }
 
@@ -125,6 +128,13 @@ impl S3Store {
         if cfg.allow_http {
             b = b.with_allow_http(true);
         }
+        // Retry transient failures for a while, but answer (503) well
+        // within a client's patience when the store is down.
+        b = b.with_retry(object_store::RetryConfig {
+            max_retries: 5,
+            retry_timeout: std::time::Duration::from_secs(RETRY_SECS),
+            ..Default::default()
+        });
         let store = b.build().map_err(|e| {
             anyhow::anyhow!("cannot configure S3 storage for bucket {}: {e}", cfg.bucket)
         })?;
@@ -645,6 +655,12 @@ mod tests {
 
     #[test]
     fn a_gap_or_a_short_object_fails_and_leaves_no_image() {
+        let e = s3_error(object_store::Error::Generic {
+            store: "S3",
+            source: "connection refused".into(),
+        });
+        assert!(super::super::is_unavailable(&e));
+        assert!(!super::super::is_unavailable(&io::Error::other("x")));
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
