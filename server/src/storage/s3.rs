@@ -671,7 +671,9 @@ mod tests {
         let id = "00112233445566778899aabbccddeeff";
         let a = chunk(0, b"hello");
         s.write_chunk(id, &a, b"hello").unwrap();
-        assert!(s.assemble(id, &[a.clone()], 6, &mut |_: &[u8]| {}).is_err());
+        assert!(s
+            .assemble(id, std::slice::from_ref(&a), 6, &mut |_: &[u8]| {})
+            .is_err());
         // A row claiming more bytes than its object holds.
         let mut long = a.clone();
         long.length = 6;
