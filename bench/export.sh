@@ -12,7 +12,10 @@
 #   ONLY=32g|3t bench/export.sh     # one filesystem only
 #
 # Wall time is only meaningful on an idle machine; CPU time (user+sys) is
-# printed too.
+# printed too, and the load average before each filesystem. Each filesystem
+# ends with the medians and the issue's criteria (scrambled zstd export no
+# slower than e2image -Q and no larger than qemu-img's zstd conversion of its
+# output on 32 GiB; 10x faster than e2image -Q on 3 TiB; peak RSS < 256 MiB).
 #
 # Needs e2fsprogs, qemu-img and GNU time; builds with `cargo build --release`.
 set -euo pipefail
@@ -77,11 +80,38 @@ timeit() { # label, output file, command...
     read -r m u sy < <(tail -1 "$tmp/rss")
     awk -v l="$label" -v a="$start" -v b="$end" -v m="$m" -v u="$u" -v sy="$sy" -v s="$(stat -c %s "$file")" \
         'BEGIN { printf "  %-40s %7.3f s wall %7.2f s cpu   peak RSS %7.1f MiB   output %10d bytes (%.1f MB)\n", l, b - a, u + sy, m / 1024, s, s / 1e6 }'
+    awk -v l="$label" -v a="$start" -v b="$end" -v m="$m" -v u="$u" -v sy="$sy" -v s="$(stat -c %s "$file")" \
+        'BEGIN { printf "%s\t%.3f\t%.2f\t%.1f\t%d\n", l, b - a, u + sy, m / 1024, s }' >>"$tmp/results"
 }
 
-bench_one() { # name, image
+verdict() { # name: issue 4's criteria on the medians of this filesystem's rounds
+    python3 - "$1" "$tmp/results" <<'PY'
+import statistics, sys
+name, path = sys.argv[1], sys.argv[2]
+rows = {}
+for line in open(path):
+    l, wall, cpu, rss, size = line.rstrip("\n").split("\t")
+    rows.setdefault(l, []).append((float(wall), float(cpu), float(rss), int(size)))
+med = lambda l, i: statistics.median(r[i] for r in rows[l])
+e2, ours, qz = "e2image -Q", "support-agent export (scrambled, zstd)", "qemu-img convert -c zstd (of e2image)"
+print(f" medians: e2image -Q {med(e2, 0):.3f} s wall ({med(e2, 1):.2f} s cpu); "
+      f"scrambled zstd {med(ours, 0):.3f} s wall ({med(ours, 1):.2f} s cpu), "
+      f"{med(ours, 3) / 1e6:.2f} MB, peak RSS {max(r[2] for r in rows[ours]):.1f} MiB; "
+      f"qemu-img zstd of e2image {med(qz, 3) / 1e6:.2f} MB")
+if name == "32g":
+    print(f" speed: {'ok' if med(ours, 0) <= med(e2, 0) else 'SLOWER'} than e2image -Q; "
+          f"size: {'ok' if med(ours, 3) <= med(qz, 3) else 'LARGER'} than qemu-img zstd")
+else:
+    x = med(e2, 0) / med(ours, 0)
+    print(f" speed: {x:.1f}x e2image -Q ({'ok' if x >= 10 else 'under 10x'})")
+print(f" memory: {'ok' if max(r[2] for r in rows[ours]) < 256 else 'OVER'} (limit 256 MiB)")
+PY
+    rm -f "$tmp/results"
+}
+
+bench_one() { # name, image, short name
     local name=$1 fs=$2
-    echo "== $name ($fs)"
+    echo "== $name ($fs), load average: $(cut -d' ' -f1-3 /proc/loadavg)"
     # Warm the cache with one untimed run of each reader.
     e2image -Q "$fs" "$tmp/warm.qcow2" 2>/dev/null; rm -f "$tmp/warm.qcow2"
     "$AGENT" export --no-scramble --compress none "$fs" "$tmp/warm.qcow2" 2>/dev/null; rm -f "$tmp/warm.qcow2"
@@ -95,13 +125,14 @@ bench_one() { # name, image
     timeit "qemu-img convert -c zstd (of e2image)" "$tmp/e2image.zstd.qcow2" \
         qemu-img convert -c -O qcow2 -o compression_type=zstd "$tmp/e2image.qcow2" "$tmp/e2image.zstd.qcow2"
     rm -f "$tmp"/*.qcow2
+    verdict "$3"
 }
 
 if [ -z "$ONLY" ] || [ "$ONLY" = 32g ]; then
     build_32g
-    bench_one "32 GiB, ~370k inodes" "$out/fs32g.img"
+    bench_one "32 GiB, ~370k inodes" "$out/fs32g.img" 32g
 fi
 if [ -z "$ONLY" ] || [ "$ONLY" = 3t ]; then
     build_3t
-    bench_one "3 TiB, nearly empty" "$out/fs3t.img"
+    bench_one "3 TiB, nearly empty" "$out/fs3t.img" 3t
 fi

@@ -131,10 +131,23 @@ impl MapPosition {
     }
 }
 
+/// Messages to the writer thread: bytes at a filesystem offset, or the end
+/// of a complete export (`None`). A closed channel without `None` means the
+/// export failed: the image is then not finished.
+type WriteMsg = Option<(u64, Vec<u8>)>;
+
+/// Runs of blocks queued for the writer thread (each at most one read of
+/// [`ExportOptions::read_chunk_bytes`], 4 MiB).
+const WRITE_QUEUE: usize = 4;
+
 /// Runs the export of `fs` through `transform` into a QCOW2 writer over
 /// `sink`; returns the summary and the sink after `finish` (every byte
 /// written). `on_block(fs_offset)` is told where the export is.
-pub fn run<W: qcow2::WriteAt>(
+///
+/// The writer (cluster assembly, compression on every core, output) runs on
+/// its own thread, so compressing overlaps reading and scrambling; the bytes
+/// and their order are the same as on one thread.
+pub fn run<W: qcow2::WriteAt + Send>(
     fs: &Filesystem,
     map: &BlockMap,
     transform: &mut dyn Transform,
@@ -146,7 +159,7 @@ pub fn run<W: qcow2::WriteAt>(
         .blocks_count()
         .checked_mul(fs.block_size())
         .context("the filesystem's size overflows")?;
-    let mut writer = qcow2::Writer::new(
+    let writer = qcow2::Writer::new(
         sink,
         virtual_size,
         qcow2::WriterOptions {
@@ -154,27 +167,42 @@ pub fn run<W: qcow2::WriteAt>(
             compression: compression(compress),
         },
     )?;
-    let mut sink_err: Option<qcow2::Error> = None;
-    let mut esink = |off: u64, data: &[u8]| -> io::Result<()> {
-        on_block(off);
-        writer.write_at(off, data).map_err(|e| {
-            let msg = e.to_string();
-            sink_err = Some(e);
-            io::Error::other(msg)
-        })
-    };
-    let summary = extfs::export::export(fs, map, transform, &mut esink, ExportOptions::default());
-    let summary = match summary {
-        Ok(s) => s,
-        Err(e) => {
-            return Err(match sink_err {
-                Some(q) => anyhow::Error::new(q),
-                None => anyhow::Error::new(e),
-            })
+    let (tx, rx) = std::sync::mpsc::sync_channel::<WriteMsg>(WRITE_QUEUE);
+    std::thread::scope(|s| {
+        let handle = s.spawn(move || -> Result<Option<W>, qcow2::Error> {
+            let mut writer = writer;
+            for msg in rx {
+                match msg {
+                    Some((off, data)) => writer.write_at(off, &data)?,
+                    None => return writer.finish().map(Some),
+                }
+            }
+            Ok(None)
+        });
+        let mut esink = |off: u64, data: &[u8]| -> io::Result<()> {
+            on_block(off);
+            tx.send(Some((off, data.to_vec())))
+                .map_err(|_| io::Error::other("the image writer stopped"))
+        };
+        let summary =
+            extfs::export::export(fs, map, transform, &mut esink, ExportOptions::default());
+        if summary.is_ok() {
+            // The writer may have failed already: then this send fails too,
+            // and its error is reported below.
+            let _ = tx.send(None);
         }
-    };
-    let sink = writer.finish()?;
-    Ok((summary, sink))
+        drop(tx);
+        let written = handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("the image writer crashed"))?;
+        match (summary, written) {
+            // The writer's error is the cause of a sink error in the export.
+            (_, Err(q)) => Err(anyhow::Error::new(q)),
+            (Err(e), _) => Err(anyhow::Error::new(e)),
+            (Ok(summary), Ok(Some(sink))) => Ok((summary, sink)),
+            (Ok(_), Ok(None)) => Err(anyhow::anyhow!("the image writer stopped early")),
+        }
+    })
 }
 
 /// Prints the export's notes and warnings as `export` does.

@@ -154,12 +154,11 @@ impl Compressor {
                 }
             }
             Compressor::Zstd(c) => {
-                out.resize(limit, 0);
-                match c.compress_to_buffer(input, out.as_mut_slice()) {
-                    Ok(n) => {
-                        out.truncate(n);
-                        true
-                    }
+                // Into the spare capacity: no zeroing of a cluster-sized
+                // buffer per cluster. A result over `limit` (the capacity
+                // may be larger) is as useless as a failure.
+                match c.compress_to_buffer(input, out) {
+                    Ok(n) => n <= limit,
                     Err(_) => false,
                 }
             }

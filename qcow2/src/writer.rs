@@ -533,7 +533,10 @@ impl<W: WriteAt> Writer<W> {
 
     fn emit_cluster(&mut self, gc: u64, data: &[u8], compressed: Option<Vec<u8>>) -> Result<()> {
         self.l2_for(gc)?;
-        if let Some(c) = compressed {
+        if let Some(mut c) = compressed {
+            // Held compressed clusters may be many small ones: keep only
+            // their bytes, not a cluster-sized buffer each.
+            c.shrink_to_fit();
             self.progress.compressed_clusters += 1;
             self.pending_bytes += c.len();
             self.pending.push_back((gc, c));

@@ -184,7 +184,6 @@ fn one_inode(raw: &mut [u8], ino: u32, p: &Params, namer: &mut Namer, stats: &mu
         stats.encrypted_skipped += 1;
         return;
     }
-    let old = raw.to_vec();
     let kind = mode & S_IFMT;
     let size = u64::from(le32(raw, 4)) | (u64::from(le32(raw, 0x6C)) << 32);
     let inline_flag = flags & INLINE_DATA_FL != 0;
@@ -193,6 +192,15 @@ fn one_inode(raw: &mut [u8], ino: u32, p: &Params, namer: &mut Namer, stats: &mu
     // extents flag is also set or they carry an extent header).
     let inline =
         inline_flag && p.inline_data && flags & EXTENTS_FL == 0 && !extent_header_ok(&raw[I_BLOCK]);
+    let extra = usize::from(le16(raw, 0x80));
+    let xattr_start = 128 + extra;
+    let has_xattrs =
+        raw.len() > 128 && xattr_start + 4 <= raw.len() && le32(raw, xattr_start) == MAGIC;
+    if !inline && !has_xattrs && kind != S_IFLNK {
+        // Nothing private in it (most inodes): no copy, no checksum work.
+        return;
+    }
+    let old = raw.to_vec();
 
     let casefold = flags & CASEFOLD_FL != 0;
     let bs = p.block_size;
@@ -205,10 +213,8 @@ fn one_inode(raw: &mut [u8], ino: u32, p: &Params, namer: &mut Namer, stats: &mu
     // In-inode xattrs; with inline data, system.data holds the rest of the
     // file, scrambled together with i_block inside the xattr pass so the
     // entry hash is recomputed over the final bytes.
-    let extra = usize::from(le16(raw, 0x80));
-    let xattr_start = 128 + extra;
     let mut data_seen = false;
-    if raw.len() > 128 && xattr_start + 4 <= raw.len() && le32(raw, xattr_start) == MAGIC {
+    if has_xattrs {
         let first = xattr_start + 4;
         let end = raw.len();
         let mut on_data = |b: &mut [u8], s: usize, t: usize, namer: &mut Namer| {

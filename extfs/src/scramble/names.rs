@@ -444,12 +444,11 @@ impl Namer {
 
     /// Marks `name` as present in `dir` (names kept as they are).
     fn mark_used(&mut self, dir: u32, name: &[u8]) {
-        let fp = self.fingerprint(name);
-        self.used.insert((dir, fp));
+        self.used.insert((dir, name_hash(name)));
     }
 
     fn is_used(&self, dir: u32, name: &[u8]) -> bool {
-        self.used.contains(&(dir, self.fingerprint(name)))
+        self.used.contains(&(dir, name_hash(name)))
     }
 
     fn fits(&mut self, t: &Option<HashTarget>, region: Option<(u32, u32)>, name: &[u8]) -> bool {
@@ -721,6 +720,26 @@ impl std::hash::Hasher for FpHasher {
     fn write_u64(&mut self, v: u64) {
         self.0 = (self.0.rotate_left(29) ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
+}
+
+/// An unkeyed 64-bit hash of a name for the set of names present in a
+/// directory. A collision only makes a candidate look taken (another one is
+/// then chosen), never two names equal, so it needs no key; the memo of
+/// replacements, where a collision would merge two names, uses the keyed
+/// fingerprint.
+fn name_hash(name: &[u8]) -> u64 {
+    const K: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut h = (name.len() as u64).wrapping_mul(K);
+    let mut words = name.chunks_exact(8);
+    for w in &mut words {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(w);
+        h = (h.rotate_left(23) ^ u64::from_le_bytes(b)).wrapping_mul(K);
+    }
+    let mut b = [0u8; 8];
+    b[..words.remainder().len()].copy_from_slice(words.remainder());
+    h = (h.rotate_left(23) ^ u64::from_le_bytes(b)).wrapping_mul(K);
+    h ^ (h >> 29)
 }
 
 /// `.`, `..` and `lost+found` are structure, not private, and stay.
