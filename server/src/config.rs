@@ -107,8 +107,10 @@ pub enum StorageConfig {
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once
 pub enum Command {
-    /// Run the HTTP service (API, uploads, ingest workers, dashboard).
+    /// Run the HTTP service (API, uploads, ingest workers, dashboard); any
+    /// number of replicas may share one PostgreSQL (see `--role`).
     Serve(ServeArgs),
     /// Create, list or revoke API tokens.
     #[command(subcommand)]
@@ -226,8 +228,8 @@ pub struct ServeArgs {
     /// Parallel chunk requests suggested to clients. [default: 4]
     #[arg(long, env = "SUPPORT_UPLOAD_CONCURRENCY", value_name = "N")]
     pub upload_concurrency: Option<u32>,
-    /// Ingest/webhook worker tasks in this process (0: API only).
-    /// [default: 2]
+    /// Ingest/webhook worker tasks in this process (0: API only; ignored
+    /// with `--role api`). [default: 2]
     #[arg(long, env = "SUPPORT_WORKERS", value_name = "N")]
     pub workers: Option<usize>,
     /// A running job's lease; another worker takes the job over when a
@@ -261,6 +263,60 @@ pub struct ServeArgs {
     /// after the ticket was closed are kept. [default: off]
     #[arg(long, env = "SUPPORT_CLOSED_TICKET_RETENTION", value_name = "DURATION")]
     pub closed_ticket_retention: Option<String>,
+    /// What this process does: `api` (REST API, uploads, dashboard; no job
+    /// workers), `worker` (ingest and webhook jobs, upload reaping; over
+    /// HTTP only /healthz and /metrics) or `all`. Replicas of any roles may
+    /// share one PostgreSQL. [default: all]
+    #[arg(long, env = "SUPPORT_ROLE", value_name = "ROLE")]
+    pub role: Option<String>,
+    /// Test hook, never for production: every ingest job first waits this
+    /// long (so tests can kill a replica in the middle of a job).
+    #[arg(
+        long,
+        env = "SUPPORT_TEST_INGEST_DELAY",
+        value_name = "DURATION",
+        hide = true
+    )]
+    pub test_ingest_delay: Option<String>,
+}
+
+/// What a `serve` process does (`--role`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerRole {
+    /// REST API, uploads and dashboard; no job workers.
+    Api,
+    /// Jobs and the reaper; only health and metrics over HTTP.
+    Worker,
+    /// Both.
+    All,
+}
+
+impl ServerRole {
+    /// Parses `api`, `worker` or `all`.
+    pub fn parse(s: &str) -> Option<ServerRole> {
+        match s.trim() {
+            "api" => Some(ServerRole::Api),
+            "worker" => Some(ServerRole::Worker),
+            "all" => Some(ServerRole::All),
+            _ => None,
+        }
+    }
+    /// The name shown in `/healthz`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerRole::Api => "api",
+            ServerRole::Worker => "worker",
+            ServerRole::All => "all",
+        }
+    }
+    /// Whether it serves the REST API, uploads and the dashboard.
+    pub fn serves_api(self) -> bool {
+        self != ServerRole::Worker
+    }
+    /// Whether it runs job workers and the reaper.
+    pub fn runs_jobs(self) -> bool {
+        self != ServerRole::Api
+    }
 }
 
 /// The resolved configuration of `serve`.
@@ -303,6 +359,10 @@ pub struct Config {
     /// Seconds after a ticket's closing when its images are deleted;
     /// `None`: never.
     pub closed_ticket_retention: Option<i64>,
+    /// What this process does.
+    pub role: ServerRole,
+    /// Seconds every ingest job waits first (test hook; 0 in production).
+    pub test_ingest_delay: i64,
 }
 
 impl Default for Config {
@@ -326,6 +386,8 @@ impl Default for Config {
             request_timeout: 600,
             public_url: String::new(),
             closed_ticket_retention: None,
+            role: ServerRole::All,
+            test_ingest_delay: 0,
         }
     }
 }
@@ -425,6 +487,16 @@ impl Config {
                 Some(v) => Some(duration("closed_ticket_retention", Some(v), 0)?),
             },
             listen,
+            role: match s.role.or(f.role) {
+                None => d.role,
+                Some(r) => ServerRole::parse(&r).ok_or_else(|| {
+                    anyhow::anyhow!("role: {r:?} is not a role; write api, worker or all")
+                })?,
+            },
+            test_ingest_delay: match s.test_ingest_delay.or(f.test_ingest_delay) {
+                None => 0,
+                Some(v) => duration("test_ingest_delay", Some(v), 0)?,
+            },
         };
         anyhow::ensure!(
             (1..=(256u64 << 20)).contains(&cfg.max_chunk_size),
@@ -573,6 +645,7 @@ mod tests {
         assert_eq!(c.upload_ttl, 7200);
         assert_eq!(c.max_chunk_size, 8 << 20);
         assert_eq!(c.storage, StorageConfig::Local);
+        assert_eq!(c.role, ServerRole::All);
     }
 
     #[test]
@@ -609,6 +682,32 @@ mod tests {
         assert!(Config::resolve(&common, &ServeArgs::default()).is_err());
         std::fs::write(&p, "storage = \"ftp\"\n").unwrap();
         assert!(Config::resolve(&common, &ServeArgs::default()).is_err());
+    }
+
+    #[test]
+    fn roles() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "role = \"worker\"\n").unwrap();
+        let common = CommonArgs {
+            config: Some(p),
+            ..Default::default()
+        };
+        let c = Config::resolve(&common, &ServeArgs::default()).unwrap();
+        assert_eq!(c.role, ServerRole::Worker);
+        assert!(c.role.runs_jobs() && !c.role.serves_api());
+        let api = ServeArgs {
+            role: Some("api".into()),
+            ..Default::default()
+        };
+        let c = Config::resolve(&common, &api).unwrap();
+        assert!(c.role.serves_api() && !c.role.runs_jobs());
+        let bad = ServeArgs {
+            role: Some("both".into()),
+            ..Default::default()
+        };
+        let e = Config::resolve(&common, &bad).unwrap_err().to_string();
+        assert!(e.contains("api, worker or all"), "{e}");
     }
 
     #[test]

@@ -508,7 +508,6 @@ pub async fn delete(
     if !st.db.delete_image(&id).await? {
         return Err(ApiError::not_found("image"));
     }
-    st.uploads.forget(&id);
     let store = st.store.clone();
     tokio::task::spawn_blocking(move || {
         store.delete_upload(&id)?;

@@ -1,14 +1,17 @@
 //! Workers of the database-backed job queue, and the reaper of abandoned
 //! uploads.
 //!
-//! A worker claims one job at a time (exactly once: see
+//! Any number of replicas run workers on one database. A worker claims one
+//! job at a time (exactly once: see
 //! [`Database::claim_job`](crate::db::Database::claim_job)), heartbeats its
 //! lease while it runs, and finishes, retries with exponential backoff, or
-//! fails it. A job whose worker died is taken over when its lease expires.
+//! fails it. A job whose worker died is taken over when its lease expires;
+//! an ingest job's results are committed only under a lease still held, in
+//! the transaction that ends the job, so it finishes exactly once.
 //! Enqueuing wakes the workers; they also poll, so a missed wake-up costs
 //! at most one poll interval.
 
-use crate::db::Job;
+use crate::db::{Job, Lease};
 use crate::ingest::{IngestError, GROUPS_PER_PART};
 use crate::AppState;
 use std::time::Duration;
@@ -26,7 +29,8 @@ pub fn backoff(attempts: i64) -> i64 {
 
 /// Runs jobs until `stop` is cancelled (finishing the current one).
 pub async fn worker(state: AppState, n: usize, stop: CancellationToken) {
-    let owner = format!("{}-{n}", crate::new_id());
+    // The replica's instance in the owner tells which replica holds a lease.
+    let owner = format!("{}-{n}", state.instance);
     tracing::debug!(%owner, "worker started");
     loop {
         if stop.is_cancelled() {
@@ -91,7 +95,7 @@ async fn run(state: &AppState, owner: &str, job: Job) {
         Outcome::Fail(format!("gave up after {} attempts", job.max_attempts))
     } else {
         match job.kind.as_str() {
-            "ingest" => ingest(state, &job).await,
+            "ingest" => ingest(state, owner, &job).await,
             "webhook" => crate::webhooks::deliver(state, &job).await,
             other => Outcome::Fail(format!("unknown job kind {other}")),
         }
@@ -112,7 +116,7 @@ async fn run(state: &AppState, owner: &str, job: Job) {
             tracing::warn!(job = job.id, error = %e, "job failed for good");
             if job.kind == "ingest" {
                 if let Some(id) = &job.image_id {
-                    fail_image(state, id, &e).await;
+                    fail_image(state, &job, owner, id, &e, "failed").await;
                 }
             }
             state.db.fail_job(job.id, owner, &e, now).await
@@ -123,31 +127,54 @@ async fn run(state: &AppState, owner: &str, job: Job) {
     }
 }
 
-async fn fail_image(state: &AppState, id: &str, reason: &str) {
+/// Marks the image failed and ends the job in `job_state`, atomically and
+/// only while this worker still holds the lease; queues `image.failed`.
+async fn fail_image(
+    state: &AppState,
+    job: &Job,
+    owner: &str,
+    id: &str,
+    reason: &str,
+    job_state: &str,
+) {
+    let lease = Lease {
+        job_id: job.id,
+        owner,
+    };
+    let then = match state.db.get_image(id).await {
+        Ok(Some(img)) => crate::webhooks::deliveries(state, id, &img.ticket, "image.failed")
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(image = id, error = %e, "cannot list webhooks");
+                Vec::new()
+            }),
+        _ => Vec::new(),
+    };
     match state
         .db
-        .set_status(
-            id,
-            &["queued", "analyzing"],
-            "failed",
-            Some(reason),
-            crate::now(),
-        )
+        .fail_image(id, reason, crate::now(), &lease, job_state, &then)
         .await
     {
         Ok(true) => {
             state.metrics.image_finished(false);
-            crate::webhooks::notify(state, id, "image.failed").await;
+            if !then.is_empty() {
+                state.wake.notify_waiters();
+            }
         }
         Ok(false) => {}
         Err(e) => tracing::warn!(image = id, error = %e, "cannot mark the image failed"),
     }
 }
 
-async fn ingest(state: &AppState, job: &Job) -> Outcome {
+async fn ingest(state: &AppState, owner: &str, job: &Job) -> Outcome {
     let Some(id) = job.image_id.clone() else {
         return Outcome::Fail("ingest job without an image".into());
     };
+    if state.config.test_ingest_delay > 0 {
+        // Test hook (hidden option, off by default): a long job whose
+        // replica can be killed mid-way.
+        tokio::time::sleep(Duration::from_secs(state.config.test_ingest_delay as u64)).await;
+    }
     let now = crate::now();
     match state
         .db
@@ -177,7 +204,7 @@ async fn ingest(state: &AppState, job: &Job) -> Outcome {
         Ok(Ok(a)) => a,
         Ok(Err(IngestError::Permanent(reason))) => {
             tracing::info!(image = %id, %reason, "image rejected");
-            fail_image(state, &id, &reason).await;
+            fail_image(state, job, owner, &id, &reason, "done").await;
             return Outcome::Done;
         }
         Ok(Err(IngestError::Temporary(e))) => return Outcome::Retry(e),
@@ -185,7 +212,7 @@ async fn ingest(state: &AppState, job: &Job) -> Outcome {
             // A panic in the analysis is a bug, but the image must not be
             // retried forever.
             let reason = format!("the analysis crashed: {e}");
-            fail_image(state, &id, &reason).await;
+            fail_image(state, job, owner, &id, &reason, "done").await;
             return Outcome::Done;
         }
     };
@@ -201,17 +228,34 @@ async fn ingest(state: &AppState, job: &Job) -> Outcome {
             Err(e) => return Outcome::Retry(e.to_string()),
         }
     }
+    let img = match state.db.get_image(&id).await {
+        Ok(Some(img)) => img,
+        Ok(None) => return Outcome::Done, // deleted meanwhile
+        Err(e) => return Outcome::Retry(e.to_string()),
+    };
+    let then = match crate::webhooks::deliveries(state, &id, &img.ticket, "image.ready").await {
+        Ok(t) => t,
+        Err(e) => return Outcome::Retry(e.to_string()),
+    };
+    let lease = Lease {
+        job_id: job.id,
+        owner,
+    };
     match state
         .db
-        .store_results(&id, &analysis.index, &parts, crate::now())
+        .store_results(&id, &analysis.index, &parts, crate::now(), &lease, &then)
         .await
     {
         Ok(true) => {
-            tracing::info!(image = %id, elapsed_ms = started.elapsed().as_millis() as u64, "image ready");
+            tracing::info!(image = %id, job = job.id, %owner, elapsed_ms = started.elapsed().as_millis() as u64, "image ready");
             state.metrics.image_finished(true);
-            crate::webhooks::notify(state, &id, "image.ready").await;
+            if !then.is_empty() {
+                state.wake.notify_waiters();
+            }
             Outcome::Done
         }
+        // Deleted, finished meanwhile, or the lease was lost to another
+        // replica, which finishes the job.
         Ok(false) => Outcome::Done,
         Err(e) => Outcome::Retry(e.to_string()),
     }

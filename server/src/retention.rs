@@ -9,7 +9,8 @@
 //! interrupted pass leaves a row in `expired`/`deleting` that the next pass
 //! finishes, never stored bytes that no row refers to.
 //!
-//! The periodic retention pass runs in every serving process but only one
+//! The periodic retention pass runs in every process that runs jobs
+//! (`--role worker` or `all`) but only one
 //! per round does the work: the one that wins the round's claim in the
 //! `maintenance` table ([`Database::claim_maintenance`]).
 //!
@@ -56,7 +57,6 @@ async fn delete_bytes(state: &AppState, id: &str) -> std::io::Result<()> {
 /// Bytes, then row, of an image already claimed; false (logged) on failure,
 /// which leaves it for the next pass.
 async fn remove(state: &AppState, img: &ImageRow, what: &str) -> bool {
-    state.uploads.forget(&img.id);
     if let Err(e) = delete_bytes(state, &img.id).await {
         tracing::warn!(image = %img.id, error = %e, "{what}: cannot delete the stored bytes; will retry");
         return false;

@@ -33,8 +33,9 @@ pub struct AppState {
     pub store: Arc<dyn ImageStore>,
     /// Resolved configuration.
     pub config: Arc<Config>,
-    /// In-process coordination of chunk writes and completions.
-    pub uploads: Arc<upload::Gates>,
+    /// This process among the replicas (random per start): owner of its
+    /// job leases and upload locks.
+    pub instance: String,
     /// Prometheus counters.
     pub metrics: Arc<metrics::Metrics>,
     /// Wakes the workers when a job is enqueued (they also poll).
@@ -70,7 +71,7 @@ impl AppState {
             db,
             store,
             config: Arc::new(config),
-            uploads: Arc::new(upload::Gates::default()),
+            instance: crate::new_id(),
             metrics: Arc::new(metrics::Metrics::default()),
             wake: Arc::new(Notify::new()),
             http,
@@ -84,7 +85,12 @@ async fn healthz(
     match st.db.count_tokens().await {
         Ok(_) => (
             StatusCode::OK,
-            Json(serde_json::json!({"status": "ok", "database": st.db.backend()})),
+            Json(serde_json::json!({
+                "status": "ok",
+                "database": st.db.backend(),
+                "role": st.config.role.as_str(),
+                "instance": st.instance,
+            })),
         ),
         Err(e) => {
             tracing::warn!(error = %e, "health check: database unavailable");
@@ -215,15 +221,23 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// What a `--role worker` process serves over HTTP: health and metrics.
+pub fn worker_app(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics::serve))
+        .with_state(state)
+}
+
 /// Creates the first admin token when the database has no token at all and
-/// prints it once on stderr.
+/// prints it once on stderr (once per database, however many replicas
+/// start at the same time).
 pub async fn bootstrap_admin(state: &AppState) -> anyhow::Result<()> {
     if state.db.count_tokens().await? == 0 {
         let (secret, hash) = crate::auth::new_secret();
-        state
-            .db
-            .create_token(&hash, "admin", None, "bootstrap admin", crate::now(), None)
-            .await?;
+        if !state.db.create_first_admin(&hash, crate::now()).await? {
+            return Ok(());
+        }
         eprintln!(
             "support-server: created the first admin token (shown only this once; \
              more with `support-server token create`):\n  {secret}"
@@ -232,8 +246,9 @@ pub async fn bootstrap_admin(state: &AppState) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Serves until SIGINT/SIGTERM, then stops accepting, lets in-flight
-/// requests (chunks) finish, and stops the workers after their current job.
+/// Serves (the API, the workers, or both, by `role`) until SIGINT/SIGTERM,
+/// then stops accepting, lets in-flight requests (chunks) finish, and stops
+/// the workers after their current job.
 pub async fn run(state: AppState) -> anyhow::Result<()> {
     use anyhow::Context;
     bootstrap_admin(&state).await?;
@@ -248,21 +263,27 @@ pub async fn run(state: AppState) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     // Tests and scripts read this line to find the port of `--listen 127.0.0.1:0`.
     eprintln!("support-server: listening on http://{addr}");
-    tracing::info!(%addr, database = state.db.backend(), storage = state.store.backend(), data_dir = %state.config.data_dir.display(), "serving");
+    let role = state.config.role;
+    tracing::info!(%addr, role = role.as_str(), instance = %state.instance, database = state.db.backend(), storage = state.store.backend(), data_dir = %state.config.data_dir.display(), "serving");
 
     let stop = CancellationToken::new();
     let mut tasks = Vec::new();
-    for n in 0..state.config.workers {
-        tasks.push(tokio::spawn(jobs::worker(state.clone(), n, stop.clone())));
+    if role.runs_jobs() {
+        for n in 0..state.config.workers {
+            tasks.push(tokio::spawn(jobs::worker(state.clone(), n, stop.clone())));
+        }
+        tasks.push(tokio::spawn(jobs::reaper(state.clone(), stop.clone())));
+        tasks.push(tokio::spawn(retention::retention_worker(
+            state.clone(),
+            stop.clone(),
+        )));
     }
-    tasks.push(tokio::spawn(jobs::reaper(state.clone(), stop.clone())));
-    tasks.push(tokio::spawn(retention::retention_worker(
-        state.clone(),
-        stop.clone(),
-    )));
-
-    let server =
-        axum::serve(listener, app(state.clone())).with_graceful_shutdown(shutdown_signal());
+    let router = if role.serves_api() {
+        app(state.clone())
+    } else {
+        worker_app(state.clone())
+    };
+    let server = axum::serve(listener, router).with_graceful_shutdown(shutdown_signal());
     let result = server.await;
     tracing::info!("shutting down: in-flight requests finished, stopping workers");
     stop.cancel();

@@ -8,7 +8,9 @@
 //! chunk. Overlapping chunks are compared byte for byte with what is held.
 
 use crate::auth::{Caller, Role};
-use crate::db::{ChunkRow, ImageRow, NewImage, NewJob};
+use crate::db::{
+    ChunkRow, Database, ImageRow, NewImage, NewJob, NewRangeLock, RangeLock, LOCK_CHUNK, LOCK_CLOSE,
+};
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
 use axum::body::Bytes;
@@ -17,9 +19,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use tokio::sync::Notify;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
 /// Header carrying a chunk's SHA-256 (64 hex digits).
@@ -231,72 +233,127 @@ impl Verifier {
     }
 }
 
-/// Per-upload coordination inside one process: ranges being written (so two
-/// overlapping chunks are never checked and written at the same time) and
-/// the completion lock.
-#[derive(Default)]
-pub struct Gates {
-    map: Mutex<HashMap<String, Arc<Gate>>>,
+/// A lock on a byte range of an upload, kept in the database so every
+/// replica respects it (two overlapping chunks are never compared and
+/// written at the same time, nothing is written while a completion hashes
+/// the whole image, whichever replicas the requests reach). Renewed while
+/// held; released by [`RangeGuard::release`], or in the background when
+/// the request is dropped; a lock of a replica that died expires after the
+/// lease (`job_lease`).
+pub struct RangeGuard {
+    db: Arc<dyn Database>,
+    id: i64,
+    renew: CancellationToken,
+    released: bool,
 }
 
-/// See [`Gates`].
-#[derive(Default)]
-pub struct Gate {
-    inflight: Mutex<Vec<(u64, u64)>>,
-    released: Notify,
-    completing: tokio::sync::Mutex<()>,
+impl RangeGuard {
+    /// Releases the lock now.
+    pub async fn release(mut self) {
+        self.released = true;
+        self.renew.cancel();
+        if let Err(e) = self.db.unlock_upload_range(self.id).await {
+            tracing::warn!(lock = self.id, error = %e, "cannot release an upload lock; it expires with its lease");
+        }
+    }
 }
 
-/// Holds a reserved range until dropped.
-pub struct Reservation {
-    gate: Arc<Gate>,
-    range: (u64, u64),
-}
-
-impl Drop for Reservation {
+impl Drop for RangeGuard {
     fn drop(&mut self) {
-        if let Ok(mut v) = self.gate.inflight.lock() {
-            if let Some(i) = v.iter().position(|r| *r == self.range) {
-                v.swap_remove(i);
-            }
+        if self.released {
+            return;
         }
-        self.gate.released.notify_waiters();
+        self.renew.cancel();
+        let (db, id) = (self.db.clone(), self.id);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = db.unlock_upload_range(id).await;
+            });
+        }
     }
 }
 
-impl Gates {
-    /// The gate of an upload.
-    pub fn gate(&self, id: &str) -> Arc<Gate> {
-        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        m.entry(id.to_string()).or_default().clone()
-    }
-    /// Forgets an upload's gate (completed, aborted or expired).
-    pub fn forget(&self, id: &str) {
-        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        m.remove(id);
+/// What [`lock_range`] found.
+pub enum Acquired {
+    /// The range is held.
+    Held(RangeGuard),
+    /// A completion or abort holds the upload (only for [`LOCK_CLOSE`]
+    /// requests; chunks wait for it instead).
+    Closing,
+    /// The upload is gone or no longer `uploading`.
+    Closed,
+}
+
+/// Longest pause between two attempts to take a busy range.
+const LOCK_POLL_MAX: Duration = Duration::from_millis(50);
+
+/// Takes `[start, end)` of upload `id` as `kind`, waiting while other
+/// locks overlap it. A [`LOCK_CLOSE`] request does not wait for another
+/// close (a second completion is refused, not queued).
+pub async fn lock_range(
+    st: &AppState,
+    id: &str,
+    start: u64,
+    end: u64,
+    kind: &'static str,
+) -> ApiResult<Acquired> {
+    let lease = st.config.job_lease.max(1);
+    let mut pause = Duration::from_millis(2);
+    loop {
+        let now = crate::now();
+        let r = st
+            .db
+            .lock_upload_range(&NewRangeLock {
+                upload_id: id,
+                start: start as i64,
+                end: end.min(i64::MAX as u64) as i64,
+                kind,
+                owner: &st.instance,
+                now,
+                expires_at: now + lease,
+            })
+            .await?;
+        match r {
+            RangeLock::Taken(lock) => {
+                let renew = CancellationToken::new();
+                let (db, stop) = (st.db.clone(), renew.clone());
+                let every = Duration::from_secs((lease / 3).max(1) as u64);
+                tokio::spawn(async move {
+                    loop {
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tokio::time::sleep(every) => {
+                                if let Ok(false) = db.renew_upload_lock(lock, crate::now() + lease).await {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+                return Ok(Acquired::Held(RangeGuard {
+                    db: st.db.clone(),
+                    id: lock,
+                    renew,
+                    released: false,
+                }));
+            }
+            RangeLock::Closed => return Ok(Acquired::Closed),
+            RangeLock::Busy { closing: true } if kind == LOCK_CLOSE => {
+                return Ok(Acquired::Closing)
+            }
+            RangeLock::Busy { .. } => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(LOCK_POLL_MAX);
+            }
+        }
     }
 }
 
-impl Gate {
-    /// Waits until no in-flight chunk overlaps `[start, end)`, then reserves it.
-    pub async fn reserve(self: &Arc<Self>, start: u64, end: u64) -> Reservation {
-        loop {
-            let notified = self.released.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let mut v = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-                if !v.iter().any(|&(s, e)| s < end && start < e) {
-                    v.push((start, end));
-                    return Reservation {
-                        gate: self.clone(),
-                        range: (start, end),
-                    };
-                }
-            }
-            notified.await;
-        }
-    }
+fn closing_conflict() -> ApiError {
+    ApiError::conflict(
+        "completing",
+        "this upload is being completed by another request",
+    )
 }
 
 /// Merges ranges (sorted or not) into sorted, disjoint, non-adjacent ones.
@@ -560,12 +617,26 @@ pub async fn abort(
 ) -> ApiResult<StatusCode> {
     let img = load_for_write(&st, &caller, &id).await?;
     require_uploading(&img)?;
-    if st
+    // Wait for chunks being written (on any replica) before removing.
+    let lock = match lock_range(&st, &id, 0, u64::MAX, LOCK_CLOSE).await? {
+        Acquired::Held(l) => l,
+        Acquired::Closing => return Err(closing_conflict()),
+        Acquired::Closed => {
+            let img = load_for_write(&st, &caller, &id).await?;
+            require_uploading(&img)?;
+            return Ok(StatusCode::NO_CONTENT);
+        }
+    };
+    let removed = st
         .db
         .set_status(&id, &["uploading"], "aborted", None, crate::now())
-        .await?
-    {
-        st.db.delete_image(&id).await?;
+        .await;
+    let r = match removed {
+        Ok(true) => st.db.delete_image(&id).await.map(|_| true),
+        other => other,
+    };
+    lock.release().await;
+    if r? {
         let store = st.store.clone();
         tokio::task::spawn_blocking(move || {
             // Also whatever a completion that failed verification left.
@@ -659,11 +730,37 @@ pub async fn put_chunk(
         ));
     }
 
-    let gate = st.uploads.gate(&id);
-    let _reserved = gate.reserve(offset, end).await;
-    // Completion reserves the whole image; once it is done the upload is
+    // Completion locks the whole image; once it is done the upload is
     // closed and nothing may write into the stored image.
-    let img = load_for_write(&st, &caller, &id).await?;
+    let lock = match lock_range(&st, &id, offset, end, LOCK_CHUNK).await? {
+        Acquired::Held(l) => l,
+        Acquired::Closing | Acquired::Closed => {
+            let img = load_for_write(&st, &caller, &id).await?;
+            require_uploading(&img)?;
+            return Err(ApiError::conflict(
+                "upload_closed",
+                "the upload was completed or removed meanwhile",
+            ));
+        }
+    };
+    let r = put_locked(&st, &caller, &id, offset, end, body, actual).await;
+    lock.release().await;
+    r
+}
+
+/// The part of [`put_chunk`] that runs while the chunk's range is locked.
+async fn put_locked(
+    st: &AppState,
+    caller: &Caller,
+    id: &str,
+    offset: u64,
+    end: u64,
+    body: Bytes,
+    actual: String,
+) -> ApiResult<(StatusCode, Json<ChunkAck>)> {
+    let len = end - offset;
+    let id = id.to_string();
+    let img = load_for_write(st, caller, &id).await?;
     require_uploading(&img)?;
     let existing = st
         .db
@@ -844,25 +941,43 @@ pub async fn complete(
             ))
         }
     };
-    let gate = st.uploads.gate(&id);
-    let _lock = gate.completing.try_lock().map_err(|_| {
-        ApiError::conflict(
-            "completing",
-            "this upload is being completed by another request",
-        )
-    })?;
     // No chunk is being written while the whole image is hashed (with an
     // unknown size, chunks may land anywhere below max_image_size).
-    let _all = gate
-        .reserve(
-            0,
-            size.max(if declared == 0 {
-                st.config.max_image_size
-            } else {
-                0
-            }),
-        )
-        .await;
+    let whole = size.max(if declared == 0 {
+        st.config.max_image_size
+    } else {
+        0
+    });
+    let lock = match lock_range(&st, &id, 0, whole, LOCK_CLOSE).await? {
+        Acquired::Held(l) => l,
+        Acquired::Closing => return Err(closing_conflict()),
+        Acquired::Closed => {
+            // Completed by a concurrent request (idempotent), or removed.
+            let img = load_for_write(&st, &caller, &id).await?;
+            return Ok(Json(crate::images::ImageView::from_row(&img)));
+        }
+    };
+    let r = complete_locked(&st, &img, size, declared, manifest, expected).await;
+    lock.release().await;
+    r?;
+    let img = st
+        .db
+        .get_image(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("image"))?;
+    Ok(Json(crate::images::ImageView::from_row(&img)))
+}
+
+/// The part of [`complete`] that runs while the whole upload is locked.
+async fn complete_locked(
+    st: &AppState,
+    img: &ImageRow,
+    size: u64,
+    declared: u64,
+    manifest: Option<Vec<(u64, u64, String)>>,
+    expected: Option<String>,
+) -> ApiResult<()> {
+    let id = img.id.clone();
     let rows = st.db.all_chunks(&id).await?;
     let held = chunk_ranges(&rows);
     let missing = gaps(&held, size);
@@ -953,7 +1068,6 @@ pub async fn complete(
             "the upload was completed or removed meanwhile",
         ));
     }
-    st.uploads.forget(&id);
     // Stores that keep chunks apart free them now that the image is the
     // record; a failure only leaves garbage behind, never loses the image.
     let store = st.store.clone();
@@ -970,12 +1084,7 @@ pub async fn complete(
     st.metrics.upload_completed(size);
     st.wake.notify_waiters();
     tracing::info!(upload = %id, size, sha256 = %actual, "upload complete, queued for analysis");
-    let img = st
-        .db
-        .get_image(&id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("image"))?;
-    Ok(Json(crate::images::ImageView::from_row(&img)))
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1012,24 +1121,5 @@ mod tests {
         let mut v = Verifier::new(Vec::new());
         v.update(&data);
         assert_eq!(v.finish(), (h(&data), vec![]));
-    }
-
-    #[tokio::test]
-    async fn reservations_exclude_overlaps() {
-        let g = Arc::new(Gate::default());
-        let a = g.reserve(0, 10).await;
-        let _b = g.reserve(10, 20).await;
-        let g2 = g.clone();
-        let waiter = tokio::spawn(async move {
-            let _c = g2.reserve(5, 15).await;
-        });
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        assert!(!waiter.is_finished());
-        drop(a);
-        drop(_b);
-        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
-            .await
-            .unwrap()
-            .unwrap();
     }
 }

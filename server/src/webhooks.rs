@@ -1,6 +1,11 @@
 //! Webhooks: a ticket system registers a URL for its ticket(s); when an image
 //! of such a ticket becomes `ready` or `failed`, the server POSTs a JSON
-//! event signed with HMAC-SHA256, as a job retried with backoff.
+//! event signed with HMAC-SHA256, as a job retried with backoff. The
+//! delivery jobs are enqueued in the transaction that finishes the ingest
+//! job, so each event is queued once even when a replica dies mid-job and
+//! another takes the job over. A delivery is repeated (same
+//! `X-Support-Delivery`) only if a worker dies after the receiver accepted
+//! it and before recording that: receivers deduplicate on that header.
 //!
 //! Receivers verify `X-Support-Signature: sha256=<hex>`, the HMAC-SHA256 of
 //! the raw request body keyed with the secret returned at registration.
@@ -171,41 +176,36 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Enqueues one delivery per webhook matching the image's ticket.
-pub async fn notify(state: &AppState, image_id: &str, event: &str) {
-    let img = match state.db.get_image(image_id).await {
-        Ok(Some(i)) => i,
-        _ => return,
-    };
-    let hooks = match state.db.list_webhooks().await {
-        Ok(h) => h,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot list webhooks");
-            return;
-        }
-    };
+/// The deliveries of `event` for an image of `ticket`: one job per
+/// webhook whose scope matches, for the caller to enqueue in the same
+/// transaction that changes the image (so an event is queued exactly once,
+/// whichever replica's worker ends the job).
+pub async fn deliveries(
+    state: &AppState,
+    image_id: &str,
+    ticket: &str,
+    event: &str,
+) -> crate::db::DbResult<Vec<NewJob>> {
+    let hooks = state.db.list_webhooks().await?;
     let now = crate::now();
-    for h in hooks
+    Ok(hooks
         .iter()
-        .filter(|h| crate::auth::scope_matches(&h.ticket, &img.ticket))
-    {
-        let payload = Payload {
-            webhook_id: h.id,
-            event: event.to_string(),
-            delivery: crate::new_id(),
-        };
-        let job = NewJob {
-            kind: "webhook",
-            image_id: Some(image_id.to_string()),
-            payload: serde_json::to_string(&payload).unwrap_or_default(),
-            run_at: now,
-            max_attempts: MAX_ATTEMPTS,
-        };
-        if let Err(e) = state.db.enqueue(&job, now).await {
-            tracing::warn!(error = %e, "cannot enqueue a webhook delivery");
-        }
-    }
-    state.wake.notify_waiters();
+        .filter(|h| crate::auth::scope_matches(&h.ticket, ticket))
+        .map(|h| {
+            let payload = Payload {
+                webhook_id: h.id,
+                event: event.to_string(),
+                delivery: crate::new_id(),
+            };
+            NewJob {
+                kind: "webhook",
+                image_id: Some(image_id.to_string()),
+                payload: serde_json::to_string(&payload).unwrap_or_default(),
+                run_at: now,
+                max_attempts: MAX_ATTEMPTS,
+            }
+        })
+        .collect())
 }
 
 /// HMAC-SHA256 of `body` with `secret`, as hex.

@@ -170,3 +170,176 @@ pub fn data_blocks(path: &Path) -> Vec<(u64, u64)> {
     }
     out
 }
+
+/// A PostgreSQL server of its own for one test: a cluster in a temporary
+/// directory owned by `postgres`, on a free loopback port, started with
+/// Debian's `initdb`/`pg_ctl` (as `postgres` through `runuser` when the test
+/// runs as root: PostgreSQL refuses root). Stopped when dropped.
+pub struct Postgres {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+fn as_postgres(bin: &Path, prog: &str) -> Command {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
+    if root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin.join(prog));
+        c
+    } else {
+        Command::new(bin.join(prog))
+    }
+}
+
+impl Postgres {
+    /// Starts a cluster; `None` (with a message on stderr) when PostgreSQL
+    /// is not installed, except under `CI=true`, where that is a failure.
+    pub fn start() -> Option<Postgres> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql").ok().and_then(|d| {
+            let mut v: Vec<PathBuf> = d
+                .filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .collect();
+            v.sort();
+            v.into_iter()
+                .rev()
+                .find(|b| b.join("initdb").is_file() && b.join("pg_ctl").is_file())
+        });
+        let Some(bin) = bin else {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!(
+                    "PostgreSQL (initdb, pg_ctl under /usr/lib/postgresql/*/bin) is required in CI"
+                );
+            }
+            eprintln!("skipping the PostgreSQL part: no /usr/lib/postgresql/*/bin/initdb here (apt-get install postgresql)");
+            return None;
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("pgtest-")
+            .tempdir()
+            .expect("create temp dir");
+        if Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout == b"0\n")
+        {
+            run(Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(dir.path()));
+        }
+        let data = dir.path().join("data");
+        run(as_postgres(&bin, "initdb")
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "-D",
+            ])
+            .arg(&data));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        run(as_postgres(&bin, "pg_ctl")
+            .arg("-D")
+            .arg(&data)
+            .arg("-o")
+            .arg(format!(
+                "-p {port} -h 127.0.0.1 -k {} -c fsync=off -c max_connections=200",
+                dir.path().display()
+            ))
+            .arg("-l")
+            .arg(dir.path().join("log"))
+            .args(["-w", "start"]));
+        Some(Postgres { bin, dir, port })
+    }
+
+    /// Creates database `db` and returns its `postgres://` URL.
+    pub fn url(&self, db: &str) -> String {
+        run(as_postgres(&self.bin, "createdb").args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "postgres",
+            db,
+        ]));
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Runs one SQL statement with `psql` on database `db`; its unaligned,
+    /// tuples-only output (`|` between columns).
+    pub fn query(&self, db: &str, sql: &str) -> String {
+        run_text(as_postgres(&self.bin, "psql").args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            db,
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+        ]))
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = as_postgres(&self.bin, "pg_ctl")
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+    }
+}
+
+/// A binary of another package of this workspace, next to the running
+/// test's own target directory (`<target>/<profile>/<name>`); built with
+/// `cargo build -p <package>` into that target directory when missing
+/// (e.g. under `cargo test -p` of a single package).
+pub fn workspace_bin(package: &str, name: &str) -> PathBuf {
+    // The test binary is <target>/<profile>/deps/<test>-<hash>.
+    let exe = std::env::current_exe().expect("current test binary");
+    let deps = exe.parent().expect("deps dir");
+    let dir = deps.parent().expect("profile dir").to_path_buf();
+    let bin = dir.join(name);
+    if !bin.is_file() {
+        let profile = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("debug")
+            .to_string();
+        let target = dir.parent().expect("target dir");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-p", package, "--bin", name])
+            .env("CARGO_TARGET_DIR", target)
+            .current_dir(workspace_root());
+        if profile == "release" {
+            cmd.arg("--release");
+        }
+        let st = cmd
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run cargo build -p {package}: {e}"));
+        assert!(st.success(), "cargo build -p {package} failed");
+    }
+    assert!(bin.is_file(), "no {name} binary at {}", bin.display());
+    bin
+}

@@ -1,7 +1,13 @@
 //! The database: one [`Database`] trait with a SQLite and a PostgreSQL
 //! implementation (atuin-style). Both run the same runtime queries (`$N`
-//! placeholders are valid on both); only the job claim differs (`FOR UPDATE
-//! SKIP LOCKED` on PostgreSQL, SQLite's single writer elsewhere).
+//! placeholders are valid on both); only the job claim and the upload locks
+//! differ (`FOR UPDATE [SKIP LOCKED]` on PostgreSQL, SQLite's single writer
+//! elsewhere).
+//!
+//! Everything that must hold across replicas (several `support-server`
+//! processes on one PostgreSQL) is decided here, never in one process's
+//! memory: job claims and leases, upload range locks, the first admin
+//! token.
 
 mod sql;
 
@@ -163,6 +169,58 @@ pub struct NewJob {
     pub max_attempts: i64,
 }
 
+/// Kind of an upload lock: a chunk holds its own range while it compares
+/// and writes its bytes.
+pub const LOCK_CHUNK: &str = "chunk";
+/// Kind of an upload lock: a completion or an abort holds the whole upload.
+pub const LOCK_CLOSE: &str = "close";
+
+/// A lock to take on a byte range of an upload, shared by every replica on
+/// the database (see `upload_locks` in `migrations/*/0002_replicas.sql`).
+#[derive(Debug, Clone)]
+pub struct NewRangeLock<'a> {
+    /// The upload.
+    pub upload_id: &'a str,
+    /// First byte.
+    pub start: i64,
+    /// One past the last byte.
+    pub end: i64,
+    /// [`LOCK_CHUNK`] or [`LOCK_CLOSE`].
+    pub kind: &'static str,
+    /// Who holds it (replica instance), for diagnostics.
+    pub owner: &'a str,
+    /// Unix seconds.
+    pub now: i64,
+    /// Until when it holds unless renewed.
+    pub expires_at: i64,
+}
+
+/// Outcome of [`Database::lock_upload_range`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeLock {
+    /// Taken: the lock's id, to renew and release it.
+    Taken(i64),
+    /// A live lock overlaps the range; `closing` when one of them is a
+    /// completion's or an abort's ([`LOCK_CLOSE`]).
+    Busy {
+        /// A completion or abort holds (part of) the range.
+        closing: bool,
+    },
+    /// The upload is gone or no longer `uploading`.
+    Closed,
+}
+
+/// The lease a worker holds on a job. Results are committed only while it
+/// is still held, in the same transaction that ends the job, so a job whose
+/// lease was taken over by another replica never finishes twice.
+#[derive(Debug, Clone, Copy)]
+pub struct Lease<'a> {
+    /// The job.
+    pub job_id: i64,
+    /// The worker holding it.
+    pub owner: &'a str,
+}
+
 /// A registered webhook.
 #[derive(Debug, Clone)]
 pub struct WebhookRow {
@@ -252,6 +310,10 @@ pub trait Database: Send + Sync + 'static {
     async fn revoke_token(&self, id: i64, now: i64) -> DbResult<bool>;
     /// Number of tokens ever created.
     async fn count_tokens(&self) -> DbResult<i64>;
+    /// Stores the first admin token's hash if no token exists and no other
+    /// replica did it first (once per database, however many replicas start
+    /// together); true if this call stored it.
+    async fn create_first_admin(&self, hash: &str, now: i64) -> DbResult<bool>;
 
     /// Stores a session.
     async fn create_session(
@@ -347,19 +409,48 @@ pub trait Database: Send + Sync + 'static {
         now: i64,
         job: &NewJob,
     ) -> DbResult<bool>;
+    /// Takes a lock on a byte range of an upload that is still `uploading`
+    /// unless a live lock (one whose `expires_at` has not passed) overlaps
+    /// it; atomic across replicas.
+    async fn lock_upload_range(&self, lock: &NewRangeLock<'_>) -> DbResult<RangeLock>;
+    /// Extends a lock; false if it is gone.
+    async fn renew_upload_lock(&self, lock: i64, expires_at: i64) -> DbResult<bool>;
+    /// Releases a lock (no error if it is gone).
+    async fn unlock_upload_range(&self, lock: i64) -> DbResult<()>;
     /// Fixes the size of an upload created without one (streaming clients
     /// learn it only at the end), unless the ticket's quota would be
     /// exceeded; false if it would, or if the upload is not `uploading`
     /// with an unknown (0) size.
     async fn set_upload_size(&self, id: &str, size: i64, quota: i64) -> DbResult<bool>;
 
-    /// Stores the analysis results and index, and marks the image `ready`.
+    /// Stores the analysis results and index, marks the image `ready`, ends
+    /// the ingest job holding `lease` (`done`) and enqueues `then` (webhook
+    /// deliveries), atomically; false (nothing changed) if the image is not
+    /// `analyzing` or the lease was lost.
+    #[allow(clippy::too_many_arguments)]
     async fn store_results(
         &self,
         id: &str,
         index: &IndexFields,
         parts: &[(&str, i64, String)],
         now: i64,
+        lease: &Lease<'_>,
+        then: &[NewJob],
+    ) -> DbResult<bool>;
+    /// Marks an image `failed` with `reason` if it is `queued` or
+    /// `analyzing`, ends the job holding `lease` in `job_state` (`done` or
+    /// `failed`, with `reason` as its last error) and enqueues `then`,
+    /// atomically; false (nothing changed) if the image is in another status
+    /// or the lease was lost.
+    #[allow(clippy::too_many_arguments)]
+    async fn fail_image(
+        &self,
+        id: &str,
+        reason: &str,
+        now: i64,
+        lease: &Lease<'_>,
+        job_state: &str,
+        then: &[NewJob],
     ) -> DbResult<bool>;
     /// One stored result part.
     async fn get_result(&self, id: &str, kind: &str, part: i64) -> DbResult<Option<String>>;

@@ -29,8 +29,24 @@ const CLAIM_POSTGRES: &str = "UPDATE jobs SET state = 'running', lease_owner = $
        ORDER BY priority, run_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) \
     RETURNING id, kind, image_id, payload, attempts, max_attempts";
 
+/// PostgreSQL: serializes the lock decisions of one upload across replicas
+/// (held until the deciding transaction commits). SQLite needs nothing: its
+/// single writer runs the one deciding statement alone.
+const LOCK_UPLOAD_ROW_POSTGRES: Option<&str> =
+    Some("SELECT id FROM images WHERE id = $1 FOR UPDATE");
+
+/// Takes an upload lock unless a live one overlaps (one statement; see
+/// `LOCK_UPLOAD_ROW_POSTGRES` for why it is atomic on both backends).
+const TAKE_UPLOAD_LOCK: &str = "INSERT INTO upload_locks \
+    (upload_id, range_start, range_end, kind, owner, expires_at) \
+    SELECT $1, $2, $3, $4, $5, $7 \
+    WHERE EXISTS (SELECT 1 FROM images WHERE id = $1 AND status = 'uploading') \
+      AND NOT EXISTS (SELECT 1 FROM upload_locks WHERE upload_id = $1 \
+        AND range_start < $3 AND range_end > $2 AND expires_at >= $6) \
+    RETURNING id";
+
 macro_rules! sql_database {
-    ($name:ident, $db:ty, $pool:ty, $backend:literal, $claim:expr) => {
+    ($name:ident, $db:ty, $pool:ty, $backend:literal, $claim:expr, $lock_upload_row:expr) => {
         /// The database on
         #[doc = $backend]
         pub struct $name {
@@ -178,6 +194,37 @@ macro_rules! sql_database {
                     .fetch_one(&self.pool)
                     .await?
                     .try_get("n")
+            }
+
+            async fn create_first_admin(&self, hash: &str, now: i64) -> DbResult<bool> {
+                let mut tx = self.pool.begin().await?;
+                // A second replica's insert waits for this transaction, then
+                // does nothing.
+                let first = sqlx::query(
+                    "INSERT INTO server_once (name, at) VALUES ('bootstrap_admin', $1) \
+                     ON CONFLICT (name) DO NOTHING RETURNING name",
+                )
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+                let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM tokens")
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("n")?;
+                if !first || n > 0 {
+                    return Ok(false);
+                }
+                sqlx::query(
+                    "INSERT INTO tokens (hash, role, ticket, name, created_at, expires_at) \
+                     VALUES ($1, 'admin', NULL, 'bootstrap admin', $2, NULL)",
+                )
+                .bind(hash)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(true)
             }
 
             async fn create_session(
@@ -349,6 +396,7 @@ macro_rules! sql_database {
                 let mut tx = self.pool.begin().await?;
                 for sql in [
                     "DELETE FROM upload_chunks WHERE upload_id = $1",
+                    "DELETE FROM upload_locks WHERE upload_id = $1",
                     "DELETE FROM image_results WHERE image_id = $1",
                     "DELETE FROM jobs WHERE image_id = $1 AND state <> 'running'",
                 ] {
@@ -601,13 +649,79 @@ macro_rules! sql_database {
                 if n != 1 {
                     return Ok(false);
                 }
-                sqlx::query("DELETE FROM upload_chunks WHERE upload_id = $1")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+                for sql in [
+                    "DELETE FROM upload_chunks WHERE upload_id = $1",
+                    "DELETE FROM upload_locks WHERE upload_id = $1",
+                ] {
+                    sqlx::query(sql).bind(id).execute(&mut *tx).await?;
+                }
                 Self::insert_job(&mut *tx, job, now).await?;
                 tx.commit().await?;
                 Ok(true)
+            }
+
+            async fn lock_upload_range(&self, l: &NewRangeLock<'_>) -> DbResult<RangeLock> {
+                let mut tx = self.pool.begin().await?;
+                let row_lock: Option<&str> = $lock_upload_row;
+                if let Some(sql) = row_lock {
+                    sqlx::query(sql).bind(l.upload_id).execute(&mut *tx).await?;
+                }
+                let taken = sqlx::query(TAKE_UPLOAD_LOCK)
+                    .bind(l.upload_id)
+                    .bind(l.start)
+                    .bind(l.end)
+                    .bind(l.kind)
+                    .bind(l.owner)
+                    .bind(l.now)
+                    .bind(l.expires_at)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                if let Some(r) = taken {
+                    return Ok(RangeLock::Taken(r.try_get("id")?));
+                }
+                // Not taken: say why (a snapshot; callers try again).
+                let open = sqlx::query(
+                    "SELECT 1 AS one FROM images WHERE id = $1 AND status = 'uploading'",
+                )
+                .bind(l.upload_id)
+                .fetch_optional(&self.pool)
+                .await?
+                .is_some();
+                if !open {
+                    return Ok(RangeLock::Closed);
+                }
+                let closing = sqlx::query(
+                    "SELECT 1 AS one FROM upload_locks WHERE upload_id = $1 AND kind = $4 \
+                     AND range_start < $3 AND range_end > $2 AND expires_at >= $5",
+                )
+                .bind(l.upload_id)
+                .bind(l.start)
+                .bind(l.end)
+                .bind(super::LOCK_CLOSE)
+                .bind(l.now)
+                .fetch_optional(&self.pool)
+                .await?
+                .is_some();
+                Ok(RangeLock::Busy { closing })
+            }
+
+            async fn renew_upload_lock(&self, lock: i64, expires_at: i64) -> DbResult<bool> {
+                Ok(sqlx::query("UPDATE upload_locks SET expires_at = $2 WHERE id = $1")
+                    .bind(lock)
+                    .bind(expires_at)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected()
+                    == 1)
+            }
+
+            async fn unlock_upload_range(&self, lock: i64) -> DbResult<()> {
+                sqlx::query("DELETE FROM upload_locks WHERE id = $1")
+                    .bind(lock)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
             }
 
             async fn set_upload_size(&self, id: &str, size: i64, quota: i64) -> DbResult<bool> {
@@ -633,8 +747,15 @@ macro_rules! sql_database {
                 ix: &IndexFields,
                 parts: &[(&str, i64, String)],
                 now: i64,
+                lease: &Lease<'_>,
+                then: &[NewJob],
             ) -> DbResult<bool> {
                 let mut tx = self.pool.begin().await?;
+                // First: the job row stays locked until commit, so a
+                // takeover waits and then finds the job done.
+                if !Self::end_job(&mut *tx, lease, "done", None, now).await? {
+                    return Ok(false);
+                }
                 sqlx::query("DELETE FROM image_results WHERE image_id = $1")
                     .bind(id)
                     .execute(&mut *tx)
@@ -690,6 +811,42 @@ macro_rules! sql_database {
                 .rows_affected();
                 if n != 1 {
                     return Ok(false);
+                }
+                for job in then {
+                    Self::insert_job(&mut *tx, job, now).await?;
+                }
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn fail_image(
+                &self,
+                id: &str,
+                reason: &str,
+                now: i64,
+                lease: &Lease<'_>,
+                job_state: &str,
+                then: &[NewJob],
+            ) -> DbResult<bool> {
+                let mut tx = self.pool.begin().await?;
+                if !Self::end_job(&mut *tx, lease, job_state, Some(reason), now).await? {
+                    return Ok(false);
+                }
+                let n = sqlx::query(
+                    "UPDATE images SET status = 'failed', reason = $2, updated_at = $3 \
+                     WHERE id = $1 AND status IN ('queued', 'analyzing')",
+                )
+                .bind(id)
+                .bind(reason)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if n != 1 {
+                    return Ok(false);
+                }
+                for job in then {
+                    Self::insert_job(&mut *tx, job, now).await?;
                 }
                 tx.commit().await?;
                 Ok(true)
@@ -890,6 +1047,31 @@ macro_rules! sql_database {
         }
 
         impl $name {
+            /// Ends a job still leased by `lease.owner`; false if the lease
+            /// was lost (taken over after it expired).
+            async fn end_job(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                lease: &Lease<'_>,
+                state: &str,
+                err: Option<&str>,
+                now: i64,
+            ) -> DbResult<bool> {
+                let n = sqlx::query(
+                    "UPDATE jobs SET state = $3, last_error = COALESCE($4, last_error), \
+                     updated_at = $5, lease_owner = NULL, lease_expires_at = NULL \
+                     WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
+                )
+                .bind(lease.job_id)
+                .bind(lease.owner)
+                .bind(state)
+                .bind(err)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+                Ok(n == 1)
+            }
+
             async fn insert_job(
                 conn: &mut <$db as sqlx::Database>::Connection,
                 job: &NewJob,
@@ -919,14 +1101,16 @@ sql_database!(
     sqlx::Sqlite,
     sqlx::SqlitePool,
     "sqlite",
-    CLAIM_SQLITE
+    CLAIM_SQLITE,
+    None
 );
 sql_database!(
     PostgresDb,
     sqlx::Postgres,
     sqlx::PgPool,
     "postgres",
-    CLAIM_POSTGRES
+    CLAIM_POSTGRES,
+    LOCK_UPLOAD_ROW_POSTGRES
 );
 
 impl SqliteDb {
