@@ -1,5 +1,7 @@
 //! Several `support-server serve` processes (replicas) on one PostgreSQL
-//! started by the test and one image store: an upload whose chunks (and
+//! started by the test and one image store (a bucket in moto's S3 server,
+//! each replica with its own data directory; one shared local directory
+//! where moto is missing): an upload whose chunks (and
 //! racing re-sends, conflicting overlaps, completions) reach different
 //! replicas completes and reaches `ready`; a replica killed (SIGKILL) or
 //! frozen (SIGSTOP) in the middle of an analysis job has the job taken
@@ -14,42 +16,9 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
-use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// Two replicas (same flags) on one database and one data directory,
-/// started at the same time.
-fn two_replicas(data: &Path, db_url: &str, extra: &[&str]) -> (Server, Server) {
-    let (d1, u1, e1) = (
-        data.to_path_buf(),
-        db_url.to_string(),
-        extra.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-    );
-    let (d2, u2, e2) = (d1.clone(), u1.clone(), e1.clone());
-    let a = std::thread::spawn(move || {
-        let e: Vec<&str> = e1.iter().map(String::as_str).collect();
-        Server::start(&d1, Some(&u1), &e)
-    });
-    let b = std::thread::spawn(move || {
-        let e: Vec<&str> = e2.iter().map(String::as_str).collect();
-        Server::start(&d2, Some(&u2), &e)
-    });
-    (a.join().unwrap(), b.join().unwrap())
-}
-
-/// Bootstrap admin tokens a replica printed.
-fn printed_tokens(s: &Server) -> Vec<String> {
-    s.log
-        .lock()
-        .unwrap()
-        .lines()
-        .map(str::trim)
-        .filter(|l| l.starts_with("sst_"))
-        .map(str::to_string)
-        .collect()
-}
 
 async fn health(url: &str) -> Value {
     let r = client().get(format!("{url}/healthz")).send().await.unwrap();
@@ -134,8 +103,8 @@ async fn upload_split_across_two_replicas_completes_and_reaches_ready() {
     };
     let db = pg.url("split");
     let tmp = testkit::tempdir();
-    let data = tmp.path().join("data");
-    let (r1, r2) = two_replicas(&data, &db, &["--workers", "1"]);
+    let store = SharedStore::start("split").await;
+    let (r1, r2) = two_replicas(&store, tmp.path(), &db, &["--workers", "1"]);
     // Both started on an empty database at once: one admin token, once.
     let mut tokens = printed_tokens(&r1);
     tokens.extend(printed_tokens(&r2));
@@ -299,10 +268,15 @@ async fn takeover(db_name: &str, freeze: bool) {
     };
     let db = pg.url(db_name);
     let tmp = testkit::tempdir();
-    let data = tmp.path().join("data");
+    let store = SharedStore::start("takeover").await;
     // Every ingest job first waits 4 s (test hook), so the holder can be
     // stopped in the middle; leases are 5 s (common::Server).
-    let (r1, r2) = two_replicas(&data, &db, &["--workers", "1", "--test-ingest-delay", "4s"]);
+    let (r1, r2) = two_replicas(
+        &store,
+        tmp.path(),
+        &db,
+        &["--workers", "1", "--test-ingest-delay", "4s"],
+    );
     let mut tokens = printed_tokens(&r1);
     tokens.extend(printed_tokens(&r2));
     let admin = tokens.pop().expect("a bootstrap token");
@@ -404,8 +378,8 @@ async fn api_and_worker_roles_split_the_work() {
     };
     let db = pg.url("roles");
     let tmp = testkit::tempdir();
-    let data = tmp.path().join("data");
-    let api_srv = Server::start(&data, Some(&db), &["--role", "api"]);
+    let store = SharedStore::start("roles").await;
+    let api_srv = store.replica(tmp.path(), 0, &db, &["--role", "api"]);
     let admin = api_srv.bootstrap_token();
     assert_eq!(health(&api_srv.url).await["role"], "api");
     let api = Api::new(&api_srv.url);
@@ -417,7 +391,7 @@ async fn api_and_worker_roles_split_the_work() {
     let (_, v) = api.get(&format!("/api/v1/images/{id}"), &admin).await;
     assert_eq!(v["status"], "queued", "{v}");
 
-    let worker = Server::start(&data, Some(&db), &["--role", "worker"]);
+    let worker = store.replica(tmp.path(), 1, &db, &["--role", "worker"]);
     let h = health(&worker.url).await;
     assert_eq!(h["role"], "worker");
     assert_eq!(h["database"], "postgres");

@@ -335,6 +335,7 @@ pub fn shuffle<T>(v: &mut [T], mut seed: u64) {
 // ------------------------------------------------------------ postgresql --
 
 /// A PostgreSQL server of its own for one test (see `testkit::Postgres`).
+#[allow(unused_imports)] // not every test file uses it
 pub use testkit::Postgres as Pg;
 
 // -------------------------------------------------------------------- s3 --
@@ -461,4 +462,96 @@ pub async fn metric(url: &str, name: &str) -> u64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+}
+
+// -------------------------------------------------------------- replicas --
+
+/// The image store replicas share: a bucket in moto's S3 server when
+/// python3 can import it (always in CI), else one local data directory for
+/// all (said on stderr).
+pub struct SharedStore {
+    moto: Option<Moto>,
+    bucket: String,
+}
+
+impl SharedStore {
+    /// Starts moto and creates `bucket`, or falls back to local storage.
+    pub async fn start(bucket: &str) -> SharedStore {
+        let moto = Moto::start();
+        match &moto {
+            Some(m) => m.create_bucket(bucket).await,
+            None => eprintln!("replicas share one local data directory instead"),
+        }
+        SharedStore {
+            moto,
+            bucket: bucket.to_string(),
+        }
+    }
+
+    /// `s3` or `local`.
+    pub fn kind(&self) -> &'static str {
+        if self.moto.is_some() {
+            "s3"
+        } else {
+            "local"
+        }
+    }
+
+    /// Environment of a replica using it.
+    pub fn env(&self) -> Vec<(String, String)> {
+        match &self.moto {
+            Some(m) => m.env(&self.bucket, "replicas"),
+            None => Vec::new(),
+        }
+    }
+
+    /// Data directory of replica `n` under `base`: its own with S3 (so
+    /// nothing local is shared), the shared one otherwise.
+    pub fn data_dir(&self, base: &Path, n: usize) -> PathBuf {
+        match &self.moto {
+            Some(_) => base.join(format!("replica{n}")),
+            None => base.join("shared"),
+        }
+    }
+
+    /// Starts replica `n` on `db_url` with `extra` flags.
+    pub fn replica(&self, base: &Path, n: usize, db_url: &str, extra: &[&str]) -> Server {
+        Server::start_env(&self.data_dir(base, n), Some(db_url), extra, &self.env())
+    }
+}
+
+/// Two replicas (same flags) on one database and one image store, started
+/// at the same time.
+pub fn two_replicas(
+    store: &SharedStore,
+    base: &Path,
+    db_url: &str,
+    extra: &[&str],
+) -> (Server, Server) {
+    let start = |n: usize| {
+        let (d, u, e, env) = (
+            store.data_dir(base, n),
+            db_url.to_string(),
+            extra.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            store.env(),
+        );
+        std::thread::spawn(move || {
+            let e: Vec<&str> = e.iter().map(String::as_str).collect();
+            Server::start_env(&d, Some(&u), &e, &env)
+        })
+    };
+    let (a, b) = (start(0), start(1));
+    (a.join().unwrap(), b.join().unwrap())
+}
+
+/// Bootstrap admin tokens a replica printed.
+pub fn printed_tokens(s: &Server) -> Vec<String> {
+    s.log
+        .lock()
+        .unwrap()
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("sst_"))
+        .map(str::to_string)
+        .collect()
 }
