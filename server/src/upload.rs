@@ -743,9 +743,15 @@ pub async fn put_chunk(
             ));
         }
     };
-    let r = put_locked(&st, &caller, &id, offset, end, body, actual).await;
-    lock.release().await;
-    r
+    // A task of its own: if the client goes away, the chunk is still
+    // written and recorded (or refused) before the range is unlocked, so a
+    // write still running can never land after another chunk's.
+    let task = tokio::spawn(async move {
+        let r = put_locked(&st, &caller, &id, offset, end, body, actual).await;
+        lock.release().await;
+        r
+    });
+    task.await?
 }
 
 /// The part of [`put_chunk`] that runs while the chunk's range is locked.
@@ -957,9 +963,17 @@ pub async fn complete(
             return Ok(Json(crate::images::ImageView::from_row(&img)));
         }
     };
-    let r = complete_locked(&st, &img, size, declared, manifest, expected).await;
-    lock.release().await;
-    r?;
+    // A task of its own, like a chunk's: a completion runs to its end
+    // (a retry then finds it done) even if the client goes away.
+    let task = {
+        let (st, img) = (st.clone(), img.clone());
+        tokio::spawn(async move {
+            let r = complete_locked(&st, &img, size, declared, manifest, expected).await;
+            lock.release().await;
+            r
+        })
+    };
+    task.await??;
     let img = st
         .db
         .get_image(&id)
