@@ -79,6 +79,15 @@ pub(crate) fn scramble_entries(
     namer: &mut Namer,
 ) -> bool {
     let end = end.min(buf.len());
+    namer.warm(
+        ctx.dir,
+        EntryNames {
+            buf,
+            off: start,
+            end,
+            block_size,
+        },
+    );
     let mut off = start;
     while off < end {
         if end - off < 8 {
@@ -112,6 +121,37 @@ pub(crate) fn scramble_entries(
         off += rl;
     }
     true
+}
+
+/// The names of live entries in `buf[off..end]`, as [`scramble_entries`]
+/// walks them (stops at the first malformed entry).
+struct EntryNames<'a> {
+    buf: &'a [u8],
+    off: usize,
+    end: usize,
+    block_size: usize,
+}
+
+impl<'a> Iterator for EntryNames<'a> {
+    type Item = &'a [u8];
+    fn next(&mut self) -> Option<&'a [u8]> {
+        loop {
+            let off = self.off;
+            if off >= self.end || self.end - off < 8 {
+                return None;
+            }
+            let ino = le32(self.buf, off)?;
+            let rl = rec_len(le16(self.buf, off + 4)?, self.block_size);
+            let name_len = usize::from(*self.buf.get(off + 6)?);
+            if rl < 12 || rl % 4 != 0 || off + rl > self.end || (name_len + 8 + 3) & !3 > rl {
+                return None;
+            }
+            self.off = off + rl;
+            if ino != 0 && name_len > 0 {
+                return self.buf.get(off + 8..off + 8 + name_len);
+            }
+        }
+    }
 }
 
 /// A leaf block of a directory (linear, or an htree leaf with its range).

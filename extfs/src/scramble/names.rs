@@ -278,6 +278,46 @@ impl Namer {
         }
     }
 
+    /// Makes room for about `names` entry names up front (rehashing the
+    /// tables as they grow costs more than filling them). Capped: the hint
+    /// comes from the superblock, which may lie.
+    pub fn reserve(&mut self, names: usize) {
+        let n = names.min(1 << 21);
+        self.used.reserve(n);
+        self.memo.reserve(n);
+        self.numbers.reserve(n);
+        self.replaced.reserve(n);
+    }
+
+    /// Numbers the names of one block (those that may get numbered
+    /// replacements) before they are replaced one by one: the lookups in
+    /// the image-wide tables miss the cache, and made back to back they
+    /// overlap instead of each waiting in turn. Numbers go in the order
+    /// met, as [`Namer::entry_name`] would hand them out; a name that then
+    /// takes another path just leaves its number unused.
+    pub fn warm<'a>(&mut self, dir: u32, names: impl Iterator<Item = &'a [u8]>) {
+        let mut fps: Vec<(u64, usize)> = Vec::with_capacity(128);
+        for name in names {
+            if name.len() >= NUMBERED_MIN_LEN && !is_kept_name(name) {
+                fps.push((self.fingerprint(name), name.len()));
+            }
+        }
+        for &(fp, len) in &fps {
+            if self.next_number.len() <= len {
+                self.next_number.resize(len + 1, 0);
+            }
+            let next = self.next_number[len];
+            if *self.numbers.entry(fp).or_insert(next) == next {
+                self.next_number[len] += 1;
+            }
+        }
+        let mut dups = 0usize;
+        for &(fp, _) in &fps {
+            dups += usize::from(self.memo.contains_key(&(dir, fp)));
+        }
+        std::hint::black_box(dups);
+    }
+
     fn fingerprint(&self, name: &[u8]) -> u64 {
         self.key.prf(DOMAIN_FINGERPRINT, name)
     }
@@ -359,14 +399,16 @@ impl Namer {
     /// too short (or out of numbers).
     fn canonical_fp(&mut self, name: &[u8], fp: u64) -> Vec<u8> {
         if name.len() >= NUMBERED_MIN_LEN {
-            let n = match self.numbers.get(&fp) {
-                Some(&n) => n,
-                None => {
-                    let n = self.fresh_number(name.len());
-                    self.numbers.insert(fp, n);
-                    n
-                }
-            };
+            // One probe of the (large, cache-missing) table per name.
+            let len = name.len();
+            if self.next_number.len() <= len {
+                self.next_number.resize(len + 1, 0);
+            }
+            let next = self.next_number[len];
+            let n = *self.numbers.entry(fp).or_insert(next);
+            if n == next {
+                self.next_number[len] += 1;
+            }
             if let Some(c) = self.numbered(name.len(), n) {
                 return c;
             }
@@ -491,6 +533,7 @@ impl Namer {
         let pinned = move |b: u8| b == b'/' || b == 0 || (keep_high && b >= 0x80);
         let has_pinned = name.iter().any(|&b| pinned(b));
 
+        let mut marked = false;
         let chosen = if has_pinned {
             let mut found = None;
             for k in 0..MAX_DRAWS.min(1 << 16) {
@@ -506,8 +549,9 @@ impl Namer {
             found
         } else {
             let c0 = self.canonical_fp(name, fp);
-            if !self.is_used(ctx.dir, &c0) && self.fits(&ctx.target, region, &c0) {
+            if self.fits(&ctx.target, region, &c0) && self.used.insert((ctx.dir, name_hash(&c0))) {
                 self.stats.canonical += 1;
+                marked = true;
                 Some(c0)
             } else {
                 let found = self.search(ctx, name, region);
@@ -519,7 +563,9 @@ impl Namer {
         };
         match chosen {
             Some(c) => {
-                self.mark_used(ctx.dir, &c);
+                if !marked {
+                    self.mark_used(ctx.dir, &c);
+                }
                 let i = self.record(ctx.dir, ctx.inode, &c, name);
                 self.memo.insert((ctx.dir, fp), i);
                 Some(c)
@@ -1010,6 +1056,19 @@ mod tests {
             assert_eq!(n.stats.kept, 0);
             // Mostly pool candidates, each hashed about once.
             assert!(n.stats.hashes < 2000 * 4, "{version:?}: {:?}", n.stats);
+        }
+    }
+
+    #[test]
+    fn warming_a_block_changes_no_replacement() {
+        let names: Vec<String> = (0..300).map(|i| format!("name-{i}.dat")).collect();
+        let (mut a, mut b) = (namer(), namer());
+        b.warm(5, names.iter().map(|n| n.as_bytes()));
+        for n in &names {
+            assert_eq!(
+                a.entry_name(&ctx(5, None), n.as_bytes()),
+                b.entry_name(&ctx(5, None), n.as_bytes())
+            );
         }
     }
 

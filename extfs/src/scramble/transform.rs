@@ -165,7 +165,12 @@ impl Transform for ScrambleTransform {
                 .insert(ino, DirInfo::from_inode(ino, &raw, None).encrypted);
         }
         self.needs_recovery = fs.superblock().has_incompat(incompat::RECOVER);
-        self.inner = Some(Scrambler::new(params, self.key.clone(), self.keep_journal));
+        let sb = fs.superblock();
+        let in_use = sb.inodes_count.saturating_sub(sb.free_inodes_count) as usize;
+        let mut scrambler = Scrambler::new(params, self.key.clone(), self.keep_journal);
+        // About one name per inode in use.
+        scrambler.namer.reserve(in_use);
+        self.inner = Some(scrambler);
         Ok(())
     }
 
