@@ -8,8 +8,9 @@
 //! fails it. A job whose worker died is taken over when its lease expires;
 //! an ingest job's results are committed only under a lease still held, in
 //! the transaction that ends the job, so it finishes exactly once.
-//! Enqueuing wakes the workers; they also poll, so a missed wake-up costs
-//! at most one poll interval.
+//! Enqueuing wakes the workers of every replica (in-process, and through
+//! PostgreSQL `LISTEN`/`NOTIFY` across processes); they also poll, so a
+//! missed wake-up costs at most one poll interval.
 
 use crate::db::{Job, Lease};
 use crate::ingest::{IngestError, GROUPS_PER_PART};

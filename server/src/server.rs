@@ -269,6 +269,10 @@ pub async fn run(state: AppState) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let mut tasks = Vec::new();
     if role.runs_jobs() {
+        let (db, wake, stop2) = (state.db.clone(), state.wake.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            db.listen_for_jobs(wake, stop2).await
+        }));
         for n in 0..state.config.workers {
             tasks.push(tokio::spawn(jobs::worker(state.clone(), n, stop.clone())));
         }

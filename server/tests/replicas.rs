@@ -392,6 +392,20 @@ async fn api_and_worker_roles_split_the_work() {
     assert_eq!(v["status"], "queued", "{v}");
 
     let worker = store.replica(tmp.path(), 1, &db, &["--role", "worker"]);
+    // The worker listens for jobs other replicas enqueue (NOTIFY), and the
+    // API replica does not.
+    let t0 = Instant::now();
+    loop {
+        let n = pg.query(
+            &db,
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE query ILIKE 'listen%support_jobs%'",
+        );
+        if n.trim() == "1" {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "listeners: {n}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let h = health(&worker.url).await;
     assert_eq!(h["role"], "worker");
     assert_eq!(h["database"], "postgres");

@@ -482,6 +482,14 @@ pub trait Database: Send + Sync + 'static {
     ) -> DbResult<()>;
     /// Marks a job failed for good.
     async fn fail_job(&self, id: i64, owner: &str, err: &str, now: i64) -> DbResult<()>;
+    /// Until `stop`, notifies `wake` whenever any process on this database
+    /// enqueues a job (PostgreSQL `LISTEN`), so workers of one replica start
+    /// at once on jobs another enqueued; they also poll.
+    async fn listen_for_jobs(
+        &self,
+        wake: Arc<tokio::sync::Notify>,
+        stop: tokio_util::sync::CancellationToken,
+    );
     /// Number of jobs per state.
     async fn job_counts(&self) -> DbResult<Vec<(String, i64)>>;
     /// Number of images per status.

@@ -45,8 +45,55 @@ const TAKE_UPLOAD_LOCK: &str = "INSERT INTO upload_locks \
         AND range_start < $3 AND range_end > $2 AND expires_at >= $6) \
     RETURNING id";
 
+/// PostgreSQL channel on which enqueued jobs are announced to the workers
+/// of every replica.
+const JOBS_CHANNEL: &str = "support_jobs";
+
+/// Announces a job (delivered when the enqueuing transaction commits).
+const NOTIFY_POSTGRES: Option<&str> = Some("SELECT pg_notify('support_jobs', '')");
+
+/// Wakes this process's workers whenever any replica enqueues a job, until
+/// `stop`; reconnects after errors (the workers poll meanwhile).
+async fn listen_postgres(
+    pool: &sqlx::PgPool,
+    wake: std::sync::Arc<tokio::sync::Notify>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    async fn listen(pool: &sqlx::PgPool, wake: &tokio::sync::Notify) -> DbResult<()> {
+        let mut l = sqlx::postgres::PgListener::connect_with(pool).await?;
+        l.listen(JOBS_CHANNEL).await?;
+        loop {
+            l.recv().await?;
+            wake.notify_waiters();
+        }
+    }
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listen(pool, &wake) => {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "cannot listen for new jobs; polling meanwhile");
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+/// SQLite: every writer is in this process, whose own wake-up suffices.
+async fn listen_sqlite(
+    _pool: &sqlx::SqlitePool,
+    _wake: std::sync::Arc<tokio::sync::Notify>,
+    _stop: tokio_util::sync::CancellationToken,
+) {
+}
+
 macro_rules! sql_database {
-    ($name:ident, $db:ty, $pool:ty, $backend:literal, $claim:expr, $lock_upload_row:expr) => {
+    ($name:ident, $db:ty, $pool:ty, $backend:literal, $claim:expr, $lock_upload_row:expr,
+     $notify:expr, $listen:path) => {
         /// The database on
         #[doc = $backend]
         pub struct $name {
@@ -977,6 +1024,14 @@ macro_rules! sql_database {
                 Ok(())
             }
 
+            async fn listen_for_jobs(
+                &self,
+                wake: std::sync::Arc<tokio::sync::Notify>,
+                stop: tokio_util::sync::CancellationToken,
+            ) {
+                $listen(&self.pool, wake, stop).await
+            }
+
             async fn job_counts(&self) -> DbResult<Vec<(String, i64)>> {
                 let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
                     .fetch_all(&self.pool)
@@ -1077,7 +1132,7 @@ macro_rules! sql_database {
                 job: &NewJob,
                 now: i64,
             ) -> DbResult<i64> {
-                sqlx::query(
+                let id: i64 = sqlx::query(
                     "INSERT INTO jobs (kind, image_id, payload, state, priority, run_at, \
                      attempts, max_attempts, created_at, updated_at) \
                      VALUES ($1, $2, $3, 'queued', 0, $4, 0, $5, $6, $6) RETURNING id",
@@ -1090,7 +1145,12 @@ macro_rules! sql_database {
                 .bind(now)
                 .fetch_one(&mut *conn)
                 .await?
-                .try_get("id")
+                .try_get("id")?;
+                let notify: Option<&str> = $notify;
+                if let Some(sql) = notify {
+                    sqlx::query(sql).execute(&mut *conn).await?;
+                }
+                Ok(id)
             }
         }
     };
@@ -1102,7 +1162,9 @@ sql_database!(
     sqlx::SqlitePool,
     "sqlite",
     CLAIM_SQLITE,
-    None
+    None,
+    None,
+    listen_sqlite
 );
 sql_database!(
     PostgresDb,
@@ -1110,7 +1172,9 @@ sql_database!(
     sqlx::PgPool,
     "postgres",
     CLAIM_POSTGRES,
-    LOCK_UPLOAD_ROW_POSTGRES
+    LOCK_UPLOAD_ROW_POSTGRES,
+    NOTIFY_POSTGRES,
+    listen_postgres
 );
 
 impl SqliteDb {
