@@ -103,9 +103,11 @@ pub(crate) fn scramble_entries(
         }
         let name_end = off + 8 + name_len;
         if ino != 0 && name_len > 0 {
-            let name = buf[off + 8..name_end].to_vec();
+            let mut copy = [0u8; 255];
+            copy[..name_len].copy_from_slice(&buf[off + 8..name_end]);
+            let name = &copy[..name_len];
             let c = NameContext { inode: ino, ..*ctx };
-            if let Some(r) = namer.entry_name(&c, &name) {
+            if let Some(r) = namer.entry_name(&c, name) {
                 buf[off + 8..name_end].copy_from_slice(&r);
             }
             // e2fsck checks the byte after "." and ".." is NUL: keep it.

@@ -296,26 +296,30 @@ impl Namer {
     /// met, as [`Namer::entry_name`] would hand them out; a name that then
     /// takes another path just leaves its number unused.
     pub fn warm<'a>(&mut self, dir: u32, names: impl Iterator<Item = &'a [u8]>) {
-        let mut fps: Vec<(u64, usize)> = Vec::with_capacity(128);
+        let mut fps: Vec<(u64, usize, u64)> = Vec::with_capacity(128);
         for name in names {
             if name.len() >= NUMBERED_MIN_LEN && !is_kept_name(name) {
-                fps.push((self.fingerprint(name), name.len()));
+                fps.push((self.fingerprint(name), name.len(), 0));
             }
         }
-        for &(fp, len) in &fps {
-            if self.next_number.len() <= len {
-                self.next_number.resize(len + 1, 0);
+        for (fp, len, number) in &mut fps {
+            if self.next_number.len() <= *len {
+                self.next_number.resize(*len + 1, 0);
             }
-            let next = self.next_number[len];
-            if *self.numbers.entry(fp).or_insert(next) == next {
-                self.next_number[len] += 1;
+            let next = self.next_number[*len];
+            *number = *self.numbers.entry(*fp).or_insert(next);
+            if *number == next {
+                self.next_number[*len] += 1;
             }
         }
-        let mut dups = 0usize;
-        for &(fp, _) in &fps {
-            dups += usize::from(self.memo.contains_key(&(dir, fp)));
+        let mut hits = 0usize;
+        for &(fp, len, number) in &fps {
+            hits += usize::from(self.memo.contains_key(&(dir, fp)));
+            if let Some(h) = self.numbered_hash(len, number) {
+                hits += usize::from(self.used.contains(&(dir, h)));
+            }
         }
-        std::hint::black_box(dups);
+        std::hint::black_box(hits);
     }
 
     fn fingerprint(&self, name: &[u8]) -> u64 {
@@ -374,14 +378,20 @@ impl Namer {
         }
         let mut out = Vec::with_capacity(len);
         out.extend_from_slice(self.filler(len));
-        let mut digits = [0u8; NUMBER_DIGITS];
-        let mut v = n;
-        for d in digits[..w].iter_mut().rev() {
-            *d = HEX[(v % 16) as usize];
-            v /= 16;
-        }
-        out.extend_from_slice(&digits[..w]);
+        out.extend_from_slice(&hex_digits(n, w)[..w]);
         Some(out)
+    }
+
+    /// [`name_hash`] of [`Namer::numbered`]`(len, n)`, without allocating.
+    fn numbered_hash(&mut self, len: usize, n: u64) -> Option<u64> {
+        let w = len.min(NUMBER_DIGITS);
+        if len < NUMBERED_MIN_LEN || len > 255 || n >= 16u64.pow(w as u32) {
+            return None;
+        }
+        let mut buf = [0u8; 255];
+        buf[..len - w].copy_from_slice(self.filler(len));
+        buf[len - w..len].copy_from_slice(&hex_digits(n, w)[..w]);
+        Some(name_hash(&buf[..len]))
     }
 
     /// A number never handed out before for names of length `len`.
@@ -766,6 +776,18 @@ impl std::hash::Hasher for FpHasher {
     fn write_u64(&mut self, v: u64) {
         self.0 = (self.0.rotate_left(29) ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
+}
+
+/// `n` as `w` hex digits (at most [`NUMBER_DIGITS`]), most significant
+/// first.
+fn hex_digits(n: u64, w: usize) -> [u8; NUMBER_DIGITS] {
+    let mut digits = [0u8; NUMBER_DIGITS];
+    let mut v = n;
+    for d in digits[..w.min(NUMBER_DIGITS)].iter_mut().rev() {
+        *d = HEX[(v % 16) as usize];
+        v /= 16;
+    }
+    digits
 }
 
 /// An unkeyed 64-bit hash of a name for the set of names present in a
