@@ -251,18 +251,31 @@ async fn compose_file_is_valid_and_speaks_the_servers_language() {
         services["createbucket"].depends_on["minio"],
         "service_healthy"
     );
-    assert_eq!(serving.len(), 1, "one serving service expected");
-    run_like_compose(migrate, serving[0]).await;
+    // Somebody runs the jobs (analyses, reaper, retention).
+    let role = |s: &Service| {
+        s.command
+            .iter()
+            .position(|a| a == "--role")
+            .and_then(|i| s.command.get(i + 1).cloned())
+            .or_else(|| s.environment.get("SUPPORT_ROLE").cloned())
+            .unwrap_or_else(|| "all".into())
+    };
+    assert!(
+        serving.iter().any(|s| role(s) != "api"),
+        "no service runs the jobs (--role worker or all)"
+    );
+    run_like_compose(migrate, &serving).await;
 }
 
 /// Replays the compose sequence with the real binary and each service's
-/// own environment, only pointing the host names at local stand-ins: a
-/// PostgreSQL of the test's own for `postgres`, moto for `minio` (its bucket
-/// created like `createbucket` does), a loopback port and a temporary data
-/// directory. `migrate` must succeed, then `serve` must start on those
-/// settings (every value parsed, the bucket reachable) and answer its
-/// health check.
-async fn run_like_compose(migrate: &Service, serve: &Service) {
+/// own command and environment, only pointing the host names at local
+/// stand-ins: a PostgreSQL of the test's own for `postgres`, moto for
+/// `minio` (its bucket created like `createbucket` does), a loopback port
+/// and a temporary data directory. `migrate` must succeed, then every
+/// serving service must start on those settings, all at once on the same
+/// database and bucket (every value parsed, the bucket reachable), and
+/// answer its health check.
+async fn run_like_compose(migrate: &Service, serving: &[&Service]) {
     let Some(pg) = common::Pg::start() else {
         return;
     };
@@ -285,8 +298,10 @@ async fn run_like_compose(migrate: &Service, serve: &Service) {
             })
             .collect()
     };
-    if let Some(bucket) = serve.environment.get("SUPPORT_S3_BUCKET") {
-        moto.create_bucket(bucket).await;
+    for serve in serving {
+        if let Some(bucket) = serve.environment.get("SUPPORT_S3_BUCKET") {
+            moto.create_bucket(bucket).await;
+        }
     }
     let bin = env!("CARGO_BIN_EXE_support-server");
     let out = Command::new(bin)
@@ -300,38 +315,52 @@ async fn run_like_compose(migrate: &Service, serve: &Service) {
         "migrate with the compose environment failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut child = Command::new(bin)
-        .args(&serve.command)
-        .env_clear()
-        .envs(local(&serve.environment))
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut log = String::new();
-        for l in std::io::BufRead::lines(stderr).map_while(Result::ok) {
-            if let Some(a) = l.strip_prefix("support-server: listening on http://") {
-                let _ = tx.send(Ok(a.to_string()));
+    let mut children = Vec::new();
+    let mut addrs = Vec::new();
+    for serve in serving {
+        let mut child = Command::new(bin)
+            .args(&serve.command)
+            .env_clear()
+            .envs(local(&serve.environment))
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut log = String::new();
+            for l in std::io::BufRead::lines(stderr).map_while(Result::ok) {
+                if let Some(a) = l.strip_prefix("support-server: listening on http://") {
+                    let _ = tx.send(Ok(a.to_string()));
+                }
+                log.push_str(&l);
+                log.push('\n');
             }
-            log.push_str(&l);
-            log.push('\n');
-        }
-        let _ = tx.send(Err(log));
-    });
-    let addr = rx.recv_timeout(std::time::Duration::from_secs(60));
-    let status = match &addr {
-        Ok(Ok(a)) => Some(http_get_status(a, "/healthz")),
-        _ => None,
-    };
-    let _ = child.kill();
-    let _ = child.wait();
-    assert_eq!(
-        status,
-        Some(200),
-        "serve with the compose environment did not come up: {addr:?}"
-    );
+            let _ = tx.send(Err(log));
+        });
+        children.push(child);
+        addrs.push((serve.command.join(" "), rx));
+    }
+    let mut results = Vec::new();
+    for (cmd, rx) in addrs {
+        let addr = rx.recv_timeout(std::time::Duration::from_secs(60));
+        let status = match &addr {
+            Ok(Ok(a)) => Some(http_get_status(a, "/healthz")),
+            _ => None,
+        };
+        results.push((cmd, status, addr));
+    }
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    for (cmd, status, addr) in results {
+        assert_eq!(
+            status,
+            Some(200),
+            "`support-server {cmd}` with the compose environment did not come up: {addr:?}"
+        );
+    }
 }
 
 #[test]
