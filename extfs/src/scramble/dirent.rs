@@ -88,6 +88,8 @@ pub(crate) fn scramble_entries(
             block_size,
         },
     );
+    // The name being replaced (the entry's bytes change under it).
+    let mut copy: Vec<u8> = Vec::with_capacity(255);
     let mut off = start;
     while off < end {
         if end - off < 8 {
@@ -103,9 +105,9 @@ pub(crate) fn scramble_entries(
         }
         let name_end = off + 8 + name_len;
         if ino != 0 && name_len > 0 {
-            let mut copy = [0u8; 255];
-            copy[..name_len].copy_from_slice(&buf[off + 8..name_end]);
-            let name = &copy[..name_len];
+            copy.clear();
+            copy.extend_from_slice(&buf[off + 8..name_end]);
+            let name = &copy[..];
             let c = NameContext { inode: ino, ..*ctx };
             if let Some(r) = namer.entry_name(&c, name) {
                 buf[off + 8..name_end].copy_from_slice(&r);

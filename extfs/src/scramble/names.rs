@@ -247,6 +247,8 @@ pub struct Namer {
     next_number: Vec<u64>,
     /// Keyed filler by name length (empty until first needed).
     fillers: Vec<Vec<u8>>,
+    /// Reused for names built only to be hashed.
+    scratch: Vec<u8>,
     /// Pools by (hash version, length, wide charset).
     pools: HashMap<(u8, usize, u8), Pool>,
     pool_entries: usize,
@@ -269,6 +271,7 @@ impl Namer {
             numbers: HashMap::default(),
             next_number: Vec::new(),
             fillers: Vec::new(),
+            scratch: Vec::new(),
             pools: HashMap::new(),
             pool_entries: 0,
             replaced: Vec::new(),
@@ -388,10 +391,13 @@ impl Namer {
         if len < NUMBERED_MIN_LEN || len > 255 || n >= 16u64.pow(w as u32) {
             return None;
         }
-        let mut buf = [0u8; 255];
-        buf[..len - w].copy_from_slice(self.filler(len));
-        buf[len - w..len].copy_from_slice(&hex_digits(n, w)[..w]);
-        Some(name_hash(&buf[..len]))
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.clear();
+        buf.extend_from_slice(self.filler(len));
+        buf.extend_from_slice(&hex_digits(n, w)[..w]);
+        let h = name_hash(&buf);
+        self.scratch = buf;
+        Some(h)
     }
 
     /// A number never handed out before for names of length `len`.
