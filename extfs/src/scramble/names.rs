@@ -234,21 +234,31 @@ struct Replaced {
     len: u8,
 }
 
+/// The tables of one directory. Kept per directory, not image-wide: a
+/// directory's blocks are scrambled one after another, and its small tables
+/// stay in the CPU cache where image-wide ones miss it on every name.
+#[derive(Default)]
+struct DirTables {
+    /// Hashes of the names present in the scrambled directory.
+    used: HashSet<u64, FpBuild>,
+    /// Fingerprint of an original -> index into `replaced`.
+    memo: HashMap<u64, u32, FpBuild>,
+}
+
 /// The replacement engine. One per export.
 pub struct Namer {
     key: ScrambleKey,
-    /// (dir, fingerprint of a name present in the scrambled dir).
-    used: HashSet<(u32, u64), FpBuild>,
-    /// (dir, fingerprint of an original) -> index into `replaced`.
-    memo: HashMap<(u32, u64), u32, FpBuild>,
+    /// Tables by directory (indexes from `dir_index`).
+    dirs: Vec<DirTables>,
+    dir_index: HashMap<u32, u32, FpBuild>,
+    /// The directory looked up last and its index in `dirs`.
+    cur_dir: Option<(u32, usize)>,
     /// Fingerprint of an original -> its canonical number.
     numbers: HashMap<u64, u64, FpBuild>,
     /// The next number to hand out, by name length.
     next_number: Vec<u64>,
     /// Keyed filler by name length (empty until first needed).
     fillers: Vec<Vec<u8>>,
-    /// Reused for names built only to be hashed.
-    scratch: Vec<u8>,
     /// Pools by (hash version, length, wide charset).
     pools: HashMap<(u8, usize, u8), Pool>,
     pool_entries: usize,
@@ -266,12 +276,12 @@ impl Namer {
     pub fn new(key: ScrambleKey) -> Namer {
         Namer {
             key,
-            used: HashSet::default(),
-            memo: HashMap::default(),
+            dirs: Vec::new(),
+            dir_index: HashMap::default(),
+            cur_dir: None,
             numbers: HashMap::default(),
             next_number: Vec::new(),
             fillers: Vec::new(),
-            scratch: Vec::new(),
             pools: HashMap::new(),
             pool_entries: 0,
             replaced: Vec::new(),
@@ -286,43 +296,56 @@ impl Namer {
     /// comes from the superblock, which may lie.
     pub fn reserve(&mut self, names: usize) {
         let n = names.min(1 << 21);
-        self.used.reserve(n);
-        self.memo.reserve(n);
         self.numbers.reserve(n);
         self.replaced.reserve(n);
     }
 
     /// Numbers the names of one block (those that may get numbered
     /// replacements) before they are replaced one by one: the lookups in
-    /// the image-wide tables miss the cache, and made back to back they
-    /// overlap instead of each waiting in turn. Numbers go in the order
-    /// met, as [`Namer::entry_name`] would hand them out; a name that then
-    /// takes another path just leaves its number unused.
+    /// the image-wide table of numbers miss the cache, and made back to back
+    /// they overlap instead of each waiting in turn (the directory's own
+    /// tables are small and stay cached). Numbers go in the order met, as
+    /// [`Namer::entry_name`] would hand them out; a name that then takes
+    /// another path just leaves its number unused.
     pub fn warm<'a>(&mut self, dir: u32, names: impl Iterator<Item = &'a [u8]>) {
-        let mut fps: Vec<(u64, usize, u64)> = Vec::with_capacity(128);
+        let mut fps: Vec<(u64, usize)> = Vec::with_capacity(128);
         for name in names {
             if name.len() >= NUMBERED_MIN_LEN && !is_kept_name(name) {
-                fps.push((self.fingerprint(name), name.len(), 0));
+                fps.push((self.fingerprint(name), name.len()));
             }
         }
-        for (fp, len, number) in &mut fps {
-            if self.next_number.len() <= *len {
-                self.next_number.resize(*len + 1, 0);
+        for (fp, len) in fps {
+            if self.next_number.len() <= len {
+                self.next_number.resize(len + 1, 0);
             }
-            let next = self.next_number[*len];
-            *number = *self.numbers.entry(*fp).or_insert(next);
-            if *number == next {
-                self.next_number[*len] += 1;
-            }
-        }
-        let mut hits = 0usize;
-        for &(fp, len, number) in &fps {
-            hits += usize::from(self.memo.contains_key(&(dir, fp)));
-            if let Some(h) = self.numbered_hash(len, number) {
-                hits += usize::from(self.used.contains(&(dir, h)));
+            let next = self.next_number[len];
+            if *self.numbers.entry(fp).or_insert(next) == next {
+                self.next_number[len] += 1;
             }
         }
-        std::hint::black_box(hits);
+        self.tables(dir);
+    }
+
+    /// The tables of `dir`, created when first needed.
+    fn tables(&mut self, dir: u32) -> &mut DirTables {
+        let i = self.dir_slot(dir);
+        &mut self.dirs[i]
+    }
+
+    /// The index of `dir`'s tables in `dirs`, created when first needed.
+    fn dir_slot(&mut self, dir: u32) -> usize {
+        match self.cur_dir {
+            Some((d, i)) if d == dir => i,
+            _ => {
+                let next = self.dirs.len();
+                let i = *self.dir_index.entry(dir).or_insert(next as u32) as usize;
+                if i == next {
+                    self.dirs.push(DirTables::default());
+                }
+                self.cur_dir = Some((dir, i));
+                i
+            }
+        }
     }
 
     fn fingerprint(&self, name: &[u8]) -> u64 {
@@ -383,21 +406,6 @@ impl Namer {
         out.extend_from_slice(self.filler(len));
         out.extend_from_slice(&hex_digits(n, w)[..w]);
         Some(out)
-    }
-
-    /// [`name_hash`] of [`Namer::numbered`]`(len, n)`, without allocating.
-    fn numbered_hash(&mut self, len: usize, n: u64) -> Option<u64> {
-        let w = len.min(NUMBER_DIGITS);
-        if len < NUMBERED_MIN_LEN || len > 255 || n >= 16u64.pow(w as u32) {
-            return None;
-        }
-        let mut buf = std::mem::take(&mut self.scratch);
-        buf.clear();
-        buf.extend_from_slice(self.filler(len));
-        buf.extend_from_slice(&hex_digits(n, w)[..w]);
-        let h = name_hash(&buf);
-        self.scratch = buf;
-        Some(h)
     }
 
     /// A number never handed out before for names of length `len`.
@@ -502,11 +510,11 @@ impl Namer {
 
     /// Marks `name` as present in `dir` (names kept as they are).
     fn mark_used(&mut self, dir: u32, name: &[u8]) {
-        self.used.insert((dir, name_hash(name)));
+        self.tables(dir).used.insert(name_hash(name));
     }
 
-    fn is_used(&self, dir: u32, name: &[u8]) -> bool {
-        self.used.contains(&(dir, name_hash(name)))
+    fn is_used(&mut self, dir: u32, name: &[u8]) -> bool {
+        self.tables(dir).used.contains(&name_hash(name))
     }
 
     fn fits(&mut self, t: &Option<HashTarget>, region: Option<(u32, u32)>, name: &[u8]) -> bool {
@@ -534,7 +542,7 @@ impl Namer {
         });
         let region = region.flatten();
         let fp = self.fingerprint(name);
-        if let Some(&i) = self.memo.get(&(ctx.dir, fp)) {
+        if let Some(&i) = self.tables(ctx.dir).memo.get(&fp) {
             if let Some(prev) = self.replacement_of(i) {
                 if self.fits(&ctx.target, region, &prev) {
                     return Some(prev);
@@ -565,7 +573,9 @@ impl Namer {
             found
         } else {
             let c0 = self.canonical_fp(name, fp);
-            if self.fits(&ctx.target, region, &c0) && self.used.insert((ctx.dir, name_hash(&c0))) {
+            if self.fits(&ctx.target, region, &c0)
+                && self.tables(ctx.dir).used.insert(name_hash(&c0))
+            {
                 self.stats.canonical += 1;
                 marked = true;
                 Some(c0)
@@ -583,7 +593,7 @@ impl Namer {
                     self.mark_used(ctx.dir, &c);
                 }
                 let i = self.record(ctx.dir, ctx.inode, &c, name);
-                self.memo.insert((ctx.dir, fp), i);
+                self.tables(ctx.dir).memo.insert(fp, i);
                 Some(c)
             }
             None => {
@@ -660,10 +670,12 @@ impl Namer {
                     self.pools.insert(key, pool);
                 }
                 let space = small_space(len, wide, ctx.casefold);
+                let di = self.dir_slot(ctx.dir);
+                let used = &self.dirs[di].used;
                 if let Some(p) = self.pools.get(&key) {
                     for &(_, i) in p.set.range((a, 0)..=(b, u64::MAX)) {
                         let c = space.name(i);
-                        if !is_kept_name(&c) && !self.is_used(ctx.dir, &c) {
+                        if !is_kept_name(&c) && !used.contains(&name_hash(&c)) {
                             return Some(c);
                         }
                     }
