@@ -270,6 +270,18 @@ fn write_sparse(out: &File, offset: u64, data: &[u8]) -> Result<u64> {
     Ok(written)
 }
 
+/// The next job for a worker, or `None` once the producer is done. After a
+/// failure, jobs are taken and dropped unprocessed: draining keeps the
+/// producer from blocking on a full channel.
+fn next_job(rx: &Mutex<mpsc::Receiver<Job>>, failed: &AtomicBool) -> Option<Job> {
+    loop {
+        let job = rx.lock().ok()?.recv().ok()?;
+        if !failed.load(Ordering::Relaxed) {
+            return Some(job);
+        }
+    }
+}
+
 fn threads() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
@@ -300,15 +312,7 @@ fn pipeline<R: ReadAt>(
             let failed = &failed;
             s.spawn(move || {
                 let mut scratch = Vec::new();
-                loop {
-                    let job = match rx.lock() {
-                        Ok(r) => r.recv(),
-                        Err(_) => return,
-                    };
-                    let Ok(job) = job else { return };
-                    if failed.load(Ordering::Relaxed) {
-                        continue; // drain so the producer never blocks
-                    }
+                while let Some(job) = next_job(rx, failed) {
                     let mut buf = pool_rx
                         .lock()
                         .ok()
@@ -415,15 +419,7 @@ pub fn to_raw<R: ReadAt>(image: &Image<R>, out: &File) -> Result<ConvertStats> {
                     let mut scratch = Vec::new();
                     let mut written = 0u64;
                     let mut error = None;
-                    loop {
-                        let job = match rx.lock() {
-                            Ok(r) => r.recv(),
-                            Err(_) => break,
-                        };
-                        let Ok(job) = job else { break };
-                        if failed.load(Ordering::Relaxed) {
-                            continue; // drain so the producer never blocks
-                        }
+                    while let Some(job) = next_job(rx, failed) {
                         let r = load_job(image, &job, &mut buf, &mut scratch)
                             .and_then(|()| write_sparse(out, job.offset, buf.as_slice()));
                         match r {
